@@ -1,0 +1,291 @@
+"""The diffusion latent aligner: one guidance loop for every task.
+
+One or two generators are stepped in lockstep. Inside the guidance window, before each
+scheduler step, the latent is nudged to lower a weighted sum of `1 - cos` terms between binder
+embeddings of the decoded clean-sample estimate x̂0 and its targets (a condition, the other
+generated modality, the prompt). The noise prediction is held fixed: the gradient flows through
+`predict_x0` and `decode` into the binder, never through the denoiser (except into the prompt
+embeddings when guided prompt tuning is on, as in the paper).
+
+Update rules are plain functions `rule(z, g, state, lr) -> z`; `state` is a fresh dict at every
+denoising step, which makes `adam` the paper's "new Adam per step".
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sah.binder import Binder
+from sah.generator import GenerationRequest, Generator, Trajectory
+from sah.media import Audio, Modality, Video
+
+UpdateRule = Callable[[Tensor, Tensor, dict, float], Tensor]
+
+
+def _per_sample_norm(g: Tensor) -> Tensor:
+    return g.flatten(1).norm(dim=1).clamp_min(1e-12).reshape((-1,) + (1,) * (g.ndim - 1))
+
+
+def sgd(z: Tensor, g: Tensor, state: dict, lr: float) -> Tensor:
+    return z - lr * g
+
+
+def ngd(z: Tensor, g: Tensor, state: dict, lr: float) -> Tensor:
+    """A step of fixed size `lr·√d` along the normalised gradient, per sample: its length does
+    not depend on how steep the binder's loss happens to be at this noise level."""
+    d = g[0].numel()
+    return z - lr * math.sqrt(d) * g / _per_sample_norm(g)
+
+
+def adam(z: Tensor, g: Tensor, state: dict, lr: float, betas: tuple[float, float] = (0.9, 0.999),
+         eps: float = 1e-8) -> Tensor:
+    """Adam with bias correction; its first step moves every element by about ±lr."""
+    t = state["t"] = state.get("t", 0) + 1
+    m = state["m"] = betas[0] * state.get("m", torch.zeros_like(g)) + (1 - betas[0]) * g
+    v = state["v"] = betas[1] * state.get("v", torch.zeros_like(g)) + (1 - betas[1]) * g * g
+    m_hat = m / (1 - betas[0] ** t)
+    v_hat = v / (1 - betas[1] ** t)
+    return z - lr * m_hat / (v_hat.sqrt() + eps)
+
+
+UPDATE_RULES: dict[str, UpdateRule] = {"adam": adam, "sgd": sgd, "ngd": ngd}
+
+
+@dataclass
+class Term:
+    """One `weight · (1 - cos)` loss term between a generated modality and a target.
+
+    `target` is another generated modality ("audio"/"video") or the name of a fixed embedding
+    passed to `align` (e.g. "condition", "text")."""
+
+    generated: Modality
+    target: str
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.generated.value}~{self.target}"
+
+
+@dataclass
+class GuidanceSettings:
+    enabled: bool = True
+    start: float = 0.2
+    end: float = 1.0
+    optimizer: str = "ngd"
+    lr: dict[str, float] = field(default_factory=lambda: {"audio": 0.03, "video": 0.03})
+    opt_steps: int = 1
+    clip: float = 0.0
+    prompt_tuning: bool = False
+    prompt_lr: float = 0.01
+
+    @classmethod
+    def from_config(cls, guidance: Mapping[str, Any]) -> GuidanceSettings:
+        keys = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in guidance.items() if k in keys})
+
+    def guides(self, index: int, num_steps: int) -> bool:
+        """Whether step `index` of `num_steps` lies in the window [start, end) of progress."""
+        progress = index / num_steps
+        return self.enabled and self.start <= progress < self.end
+
+
+@dataclass
+class AlignResult:
+    media: dict[Modality, Audio | Video]
+    latents: dict[Modality, Tensor]
+    trace: list[dict[str, Any]]
+    final_similarity: dict[str, list[float]]
+
+
+@dataclass
+class _Stream:
+    generator: Generator
+    trajectory: Trajectory
+    latents: Tensor
+    noise_pred: Tensor | None = None
+    embedding: Tensor | None = None  # binder embedding of the latest x̂0, detached
+    frames: list[int] | None = None
+
+    @property
+    def num_steps(self) -> int:
+        return self.trajectory.num_steps
+
+
+def lockstep(step_counts: Mapping[Modality, int]) -> list[dict[Modality, int]]:
+    """Ticks of a joint schedule: each tick maps the generators that step on it to their step
+    index. Generators with different step counts are matched by progress fraction."""
+    events: dict[Fraction, dict[Modality, int]] = {}
+    for modality, count in step_counts.items():
+        for i in range(count):
+            events.setdefault(Fraction(i + 1, count), {})[modality] = i
+    return [events[p] for p in sorted(events)]
+
+
+def _finite(t: Tensor) -> bool:
+    return bool(torch.isfinite(t).all())
+
+
+def align(
+    generators: Mapping[Modality, Generator],
+    requests: Mapping[Modality, GenerationRequest],
+    binder: Binder | None = None,
+    terms: list[Term] | None = None,
+    targets: Mapping[str, Tensor] | None = None,
+    settings: GuidanceSettings | None = None,
+    on_step: Callable[[int, int, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> AlignResult:
+    """Run the generators' samplers in lockstep with latent alignment.
+
+    `targets` holds fixed embeddings `[1 or B, D]` (computed once per run by the caller) that
+    terms name; `on_step(tick, num_ticks, similarities)` reports progress. `should_stop` is
+    polled once per tick so an interrupt stops within one denoising step.
+    """
+    settings = settings or GuidanceSettings()
+    terms = [t for t in (terms or []) if t.weight > 0]
+    targets = dict(targets or {})
+    if terms and binder is None:
+        raise ValueError("guidance terms need a binder")
+    update = UPDATE_RULES[settings.optimizer]
+
+    streams: dict[Modality, _Stream] = {}
+    for modality, generator in generators.items():
+        trajectory = generator.prepare(requests[modality])
+        stream = _Stream(generator, trajectory, trajectory.latents)
+        if binder is not None and generator.supports_frame_subset and generator.num_frames():
+            stream.frames = binder.video_frames(generator.num_frames(), generator.fps() or 1.0)
+        streams[modality] = stream
+
+    ticks = lockstep({m: s.num_steps for m, s in streams.items()})
+    trace: list[dict[str, Any]] = []
+    last: dict[str, float] = {}
+    for tick_no, tick in enumerate(ticks):
+        if should_stop is not None and should_stop():
+            raise KeyboardInterrupt
+        for modality, index in tick.items():
+            stream = streams[modality]
+            with torch.no_grad():
+                stream.noise_pred = stream.generator.predict_noise(stream.trajectory, stream.latents, index)
+        guided = [m for m, i in tick.items()
+                  if settings.guides(i, streams[m].num_steps) and any(_involves(t, m) for t in terms)]
+        if guided:
+            record = _guide(streams, guided, tick, binder, terms, targets, settings, update)
+            record.update(tick=tick_no, progress=float(max(Fraction(i + 1, streams[m].num_steps)
+                                                            for m, i in tick.items())),
+                          steps={m.value: i for m, i in tick.items()})
+            trace.append(record)
+            last = {name: float(sum(v) / len(v)) for name, v in record["similarity"].items()}
+        for modality, index in tick.items():
+            stream = streams[modality]
+            with torch.no_grad():
+                stream.latents = stream.generator.step(stream.trajectory, stream.latents, stream.noise_pred, index)
+        if on_step is not None:
+            on_step(tick_no + 1, len(ticks), last)
+
+    media: dict[Modality, Audio | Video] = {}
+    with torch.no_grad():
+        for modality, stream in streams.items():
+            media[modality] = stream.generator.decode(stream.latents)
+        final = _final_similarity(media, binder, terms, targets)
+    return AlignResult(media, {m: s.latents for m, s in streams.items()}, trace, final)
+
+
+def _involves(term: Term, modality: Modality) -> bool:
+    return term.generated == modality or term.target == modality.value
+
+
+def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[Modality, int],
+           binder: Binder, terms: list[Term], targets: Mapping[str, Tensor], settings: GuidanceSettings,
+           update: UpdateRule) -> dict[str, Any]:
+    """Optimise the guided streams' latents (and prompt embeddings) for one denoising step."""
+    states: dict[Any, dict] = {}
+    record: dict[str, Any] = {"similarity": {}, "loss": None, "skipped": []}
+    for opt_step in range(settings.opt_steps):
+        leaves: dict[Modality, Tensor] = {}
+        prompts: dict[Modality, Tensor] = {}
+        embeddings: dict[str, Tensor] = dict(targets)
+        for modality in guided:
+            stream = streams[modality]
+            generator, trajectory, index = stream.generator, stream.trajectory, tick[modality]
+            leaves[modality] = stream.latents.detach().requires_grad_(True)
+            noise_pred = stream.noise_pred
+            if settings.prompt_tuning and generator.supports_prompt_tuning and trajectory.prompt_embeds is not None:
+                # The prompt's gradient must pass through the denoiser; the latent's must not.
+                trajectory.prompt_embeds = trajectory.prompt_embeds.detach().requires_grad_(True)
+                prompts[modality] = trajectory.prompt_embeds
+                with torch.enable_grad():
+                    noise_pred = generator.predict_noise(trajectory, stream.latents.detach(), index)
+            with torch.enable_grad():
+                x0 = generator.predict_x0(trajectory, leaves[modality], noise_pred, index)
+                embedding = binder.embed(generator.decode(x0, frames=stream.frames))
+            embeddings[modality.value] = embedding
+            stream.embedding = embedding.detach()
+        for modality, stream in streams.items():
+            if modality not in guided and stream.embedding is not None:
+                embeddings[modality.value] = stream.embedding
+
+        with torch.enable_grad():
+            loss = 0.0
+            for term in terms:
+                if term.generated.value not in embeddings or term.target not in embeddings:
+                    continue
+                if not any(_involves(term, m) for m in guided):
+                    continue
+                sim = binder.similarity(embeddings[term.generated.value], embeddings[term.target])
+                loss = loss + term.weight * (1 - sim)
+                if opt_step == 0:
+                    record["similarity"][term.name] = [float(s) for s in sim.detach()]
+            if not isinstance(loss, Tensor):
+                break
+            if opt_step == 0:
+                record["loss"] = [float(v) for v in loss.detach()]
+            params = [*leaves.values(), *prompts.values()]
+            grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
+
+        named = [*((m, m.value, settings.lr.get(m.value, 0.0)) for m in leaves),
+                 *((m, f"{m.value}.prompt", settings.prompt_lr) for m in prompts)]
+        for (modality, name, lr), param, grad in zip(named, params, grads):
+            if grad is None or lr == 0:
+                continue
+            grad = grad.float()
+            if settings.clip > 0:
+                grad = grad * (settings.clip / _per_sample_norm(grad)).clamp(max=1.0)
+            new = update(param.detach().float(), grad, states.setdefault(name, {}), lr) if _finite(grad) else None
+            if new is None or not _finite(new):
+                warnings.warn(f"non-finite guidance update for {name} skipped", RuntimeWarning, stacklevel=2)
+                record["skipped"].append(name)
+                continue
+            new = new.to(param.dtype)
+            if name.endswith(".prompt"):
+                streams[modality].trajectory.prompt_embeds = new
+            else:
+                streams[modality].latents = new
+    for stream in streams.values():
+        if stream.trajectory.prompt_embeds is not None:
+            stream.trajectory.prompt_embeds = stream.trajectory.prompt_embeds.detach()
+    return record
+
+
+def _final_similarity(media: Mapping[Modality, Audio | Video], binder: Binder | None, terms: list[Term],
+                      targets: Mapping[str, Tensor]) -> dict[str, list[float]]:
+    if binder is None or not terms:
+        return {}
+    embeddings = dict(targets)
+    for modality, item in media.items():
+        if binder.can_embed(modality):
+            embeddings[modality.value] = binder.embed(item)
+    out = {}
+    for term in terms:
+        if term.generated.value in embeddings and term.target in embeddings:
+            sim = binder.similarity(embeddings[term.generated.value], embeddings[term.target])
+            out[term.name] = [float(s) for s in sim]
+    return out

@@ -1,0 +1,156 @@
+"""The abstract generator: what an audio or video diffusion backend implements for the aligner.
+
+A trajectory is prepared once per run; the aligner then walks its timesteps calling
+`predict_noise` (the frozen denoiser, classifier-free guidance included), optionally nudging the
+latent through `predict_x0` and a differentiable `decode`, and finally `step` (the scheduler).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from sah.media import Audio, Modality, Video
+
+
+@dataclass
+class GenerationRequest:
+    """What to generate: one prompt and one seed per sample in the batch."""
+
+    prompts: list[str]
+    seeds: list[int]
+    negative_prompt: str = ""
+    num_steps: int = 50
+    cfg_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if len(self.prompts) != len(self.seeds):
+            raise ValueError("GenerationRequest needs one prompt per seed")
+        if self.num_steps < 1:
+            raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
+
+    @property
+    def batch_size(self) -> int:
+        return len(self.seeds)
+
+
+@dataclass
+class Trajectory:
+    """The state of one sampling run.
+
+    `latents` holds the initial noise; the aligner carries the current latent itself. `timesteps`
+    lists the scheduler timesteps in the order they are used. `prompt_embeds` is the conditioning
+    tensor a generator exposes for guided prompt tuning (None if it does not); the aligner may
+    replace it with an updated tensor between steps. `state` is the backend's own (scheduler,
+    negative-prompt embeddings, ...).
+    """
+
+    latents: Tensor
+    timesteps: Tensor
+    prompt_embeds: Tensor | None = None
+    state: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.timesteps)
+
+
+def seeded_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32) -> Tensor:
+    """Gaussian noise `[len(seeds), *shape]`, one seed per sample, so a sample does not depend on
+    the batch it was drawn in. Drawn on the CPU for the same numbers on every device."""
+    rows = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
+    return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+class Generator(ABC):
+    """A frozen diffusion model producing audio or video.
+
+    Subclasses set `name` (the plugin name users type), `modality` (AUDIO or VIDEO) and
+    `options` (extra config keys of its `[audio]`/`[video]` section, with their defaults), and
+    load their weights in `__init__`.
+    """
+
+    name: ClassVar[str]
+    modality: ClassVar[Modality]
+    description: ClassVar[str] = ""
+    default_model: ClassVar[str | None] = None
+    options: ClassVar[dict[str, Any]] = {}
+    #: `prompt_embeds` is a tensor the denoiser is differentiable in (guided prompt tuning).
+    supports_prompt_tuning: ClassVar[bool] = False
+    #: `decode(latents, frames=...)` decodes only those frames (video generators).
+    supports_frame_subset: ClassVar[bool] = False
+
+    def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+        unknown = set(options) - set(self.options)
+        if unknown:
+            raise TypeError(f"{self.name}: unknown options {sorted(unknown)}")
+        self.model = model or self.default_model
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.config = {**self.options, **options}
+
+    @abstractmethod
+    def prepare(self, request: GenerationRequest) -> Trajectory:
+        """Encode prompts, set the scheduler's timesteps and draw the initial latents."""
+
+    @abstractmethod
+    def predict_noise(self, trajectory: Trajectory, latents: Tensor, index: int) -> Tensor:
+        """The denoiser's noise prediction at step `index`, classifier-free guidance applied.
+
+        Called under `torch.no_grad()` unless the aligner tunes `trajectory.prompt_embeds`, in
+        which case the result must be differentiable with respect to it."""
+
+    @abstractmethod
+    def step(self, trajectory: Trajectory, latents: Tensor, noise_pred: Tensor, index: int) -> Tensor:
+        """The scheduler's update from step `index` to the next latent."""
+
+    @abstractmethod
+    def predict_x0(self, trajectory: Trajectory, latents: Tensor, noise_pred: Tensor, index: int) -> Tensor:
+        """The clean-sample estimate for `latents` at step `index`, differentiable in `latents`."""
+
+    @abstractmethod
+    def decode(self, latents: Tensor, frames: Sequence[int] | None = None) -> Audio | Video:
+        """Latents to media, differentiable. `frames` (only when `supports_frame_subset`) limits a
+        video decode to those frame indices; the returned Video then has `frame_indices` set."""
+
+    def denoise_step(self, trajectory: Trajectory, latents: Tensor, index: int) -> tuple[Tensor, Tensor]:
+        """One unguided denoising step: `(noise_pred, next_latents)`."""
+        with torch.no_grad():
+            noise_pred = self.predict_noise(trajectory, latents, index)
+            return noise_pred, self.step(trajectory, latents, noise_pred, index)
+
+    def num_frames(self) -> int | None:
+        """How many frames a decode yields (video generators), so a binder can choose its subset."""
+        return None
+
+    def fps(self) -> float | None:
+        return None
+
+
+def predict_x0_from_scheduler(scheduler: Any, latents: Tensor, noise_pred: Tensor, timestep: Tensor | int) -> Tensor:
+    """x̂0 for a diffusers-style scheduler with `alphas_cumprod` and `config.prediction_type`,
+    using ᾱ of the timestep the latent is at (not the next one)."""
+    alphas = scheduler.alphas_cumprod.to(device=latents.device, dtype=torch.float32)
+    alpha_bar = alphas[int(timestep)]
+    shape = (1,) * latents.ndim
+    a = alpha_bar.sqrt().reshape(shape)
+    s = (1 - alpha_bar).sqrt().reshape(shape)
+    z = latents.float()
+    eps = noise_pred.float()
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        x0 = (z - s * eps) / a
+    elif kind == "v_prediction":
+        x0 = a * z - s * eps
+    elif kind == "sample":
+        x0 = eps
+    else:
+        raise ValueError(f"unsupported prediction_type {kind!r}")
+    return x0.to(latents.dtype)

@@ -1,0 +1,130 @@
+import math
+import warnings
+
+import pytest
+import torch
+from dummy_plugins import DummyAudio, DummyBinder, DummyVideo
+
+from sah import GenerationRequest, GuidanceSettings, Modality, Term, align
+from sah.aligner import adam, lockstep, ngd, sgd
+
+A, V = Modality.AUDIO, Modality.VIDEO
+
+
+def request(n=2, steps=10, seed=0):
+    return GenerationRequest(prompts=[""] * n, seeds=list(range(seed, seed + n)), num_steps=steps)
+
+
+def test_lockstep_matches_by_progress():
+    ticks = lockstep({A: 4, V: 2})
+    assert ticks == [{A: 0}, {A: 1, V: 0}, {A: 2}, {A: 3, V: 1}]
+    assert lockstep({A: 3, V: 3}) == [{A: i, V: i} for i in range(3)]
+
+
+def test_update_rules():
+    z = torch.zeros(2, 4)
+    g = torch.tensor([[3.0, 4.0, 0, 0], [0, 0, 0, 1e-3]])
+    assert torch.allclose(sgd(z, g, {}, 0.5), -0.5 * g)
+    step = ngd(z, g, {}, 0.1)
+    # every sample moves by lr·√d whatever the gradient's magnitude
+    assert torch.allclose(step.norm(dim=1), torch.full((2,), 0.1 * math.sqrt(4)))
+    first = adam(z, g, {}, 0.1)
+    assert torch.allclose(first[g != 0].abs(), torch.full_like(first[g != 0], 0.1), atol=1e-5)
+
+
+def test_unguided_matches_plain_sampling():
+    gen = DummyAudio()
+    out = align({A: gen}, {A: request()}, settings=GuidanceSettings(enabled=False))
+    traj = gen.prepare(request())
+    z = traj.latents
+    for i in range(traj.num_steps):
+        _, z = gen.denoise_step(traj, z, i)
+    assert torch.allclose(out.latents[A], z)
+    assert out.trace == []
+
+
+def test_condition_guidance_raises_similarity_and_respects_window():
+    gen, binder = DummyAudio(), DummyBinder()
+    target = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    settings = GuidanceSettings(start=0.2, end=0.8, lr={"audio": 0.4})
+    terms = [Term(A, "condition")]
+    guided = align({A: gen}, {A: request(steps=10)}, binder, terms, {"condition": target}, settings)
+    plain = align({A: DummyAudio()}, {A: request(steps=10)}, DummyBinder(), terms, {"condition": target},
+                  GuidanceSettings(enabled=False))
+    assert [r["steps"]["audio"] for r in guided.trace] == [2, 3, 4, 5, 6, 7]
+    assert min(guided.final_similarity["audio~condition"]) > 0.9
+    assert max(plain.final_similarity["audio~condition"]) < 0.9
+    # the trace's similarity rises while guided
+    first, last = guided.trace[0]["similarity"]["audio~condition"], guided.trace[-1]["similarity"]["audio~condition"]
+    assert all(b > a for a, b in zip(first, last))
+
+
+def test_condition_embedding_is_not_recomputed_per_step():
+    gen, binder = DummyAudio(), DummyBinder()
+    align({A: gen}, {A: request(steps=8)}, binder, [Term(A, "condition")], {"condition": torch.ones(1, 4)})
+    # one audio embed per guided step plus one for the final similarity; never a video/text embed
+    guided_steps = sum(1 for i in range(8) if i / 8 >= 0.2)
+    assert binder.calls[Modality.AUDIO] == guided_steps + 1
+    assert binder.calls[Modality.VIDEO] == binder.calls[Modality.TEXT] == 0
+
+
+def test_joint_guides_both_and_decodes_only_binder_frames():
+    audio, video, binder = DummyAudio(), DummyVideo(), DummyBinder()
+    result = align({A: audio, V: video}, {A: request(steps=6), V: request(steps=3)}, binder,
+                   [Term(A, "video")], {}, GuidanceSettings(start=0.0))
+    assert len(result.trace) == 6  # every tick has a guided stepping generator
+    assert result.media[V].num_frames == 6  # the final decode is full
+    assert [f for f in binder.frames_seen[:-1] if f is not None] and all(
+        f == (0, 2, 3) for f in binder.frames_seen[:-1])
+    assert binder.frames_seen[-1] is None
+
+
+def test_nan_guard_skips_update_and_output_is_finite():
+    class NaNBinder(DummyBinder):
+        def embed(self, media):
+            return super().embed(media) * float("nan")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = align({A: DummyAudio()}, {A: request()}, NaNBinder(), [Term(A, "condition")],
+                       {"condition": torch.ones(1, 4)}, GuidanceSettings(start=0.0))
+    assert any("non-finite" in str(w.message) for w in caught)
+    assert all(r["skipped"] == ["audio"] for r in result.trace)
+    assert torch.isfinite(result.media[A].waveform).all()
+    unguided = align({A: DummyAudio()}, {A: request()}, settings=GuidanceSettings(enabled=False))
+    assert torch.allclose(result.latents[A], unguided.latents[A])
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd", "ngd"])
+def test_each_update_rule_and_opt_steps(optimizer):
+    binder = DummyBinder()
+    target = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
+    result = align({A: DummyAudio()}, {A: request()}, binder, [Term(A, "condition")], {"condition": target},
+                   GuidanceSettings(optimizer=optimizer, lr={"audio": 0.4 if optimizer != "sgd" else 2.0},
+                                    opt_steps=2, start=0.0))
+    assert min(result.final_similarity["audio~condition"]) > 0.8
+
+
+def test_prompt_tuning_updates_prompt_embeddings():
+    gen = DummyAudio()
+    binder = DummyBinder()
+    req = request(steps=6)
+    result = align({A: gen}, {A: req}, binder, [Term(A, "text")], {"text": torch.ones(1, 4)},
+                   GuidanceSettings(start=0.0, prompt_tuning=True, prompt_lr=0.5, lr={"audio": 0.0}))
+    plain = align({A: DummyAudio()}, {A: req}, DummyBinder(), [Term(A, "text")], {"text": torch.ones(1, 4)},
+                  GuidanceSettings(enabled=False))
+    # the latent's own lr is 0: the samples moved toward the text only through the prompt embeddings
+    gains = [a - b for a, b in zip(result.final_similarity["audio~text"], plain.final_similarity["audio~text"])]
+    assert min(gains) > 0.1
+
+
+def test_clip_limits_gradient_norm():
+    torch.manual_seed(0)
+    results = []
+    for clip in (0.0, 1e-6):
+        r = align({A: DummyAudio()}, {A: request()}, DummyBinder(), [Term(A, "condition")],
+                  {"condition": torch.ones(1, 4)}, GuidanceSettings(optimizer="sgd", lr={"audio": 1.0},
+                                                                     clip=clip, start=0.0))
+        results.append(r.latents[A])
+    base = align({A: DummyAudio()}, {A: request()}, settings=GuidanceSettings(enabled=False)).latents[A]
+    assert (results[1] - base).abs().max() < 1e-4 < (results[0] - base).abs().max()
