@@ -11,12 +11,12 @@ from sah.binder import Binder
 from sah.errors import ConfigError, MediaError, PluginError, SahError
 from sah.generator import GenerationRequest, Generator, Trajectory
 from sah.hookspecs import hookimpl
-from sah.media import Audio, Image, Modality, Text, Video
+from sah.media import Audio, Image, Modality, Text, Video, concat
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Audio", "Binder", "ConfigError", "GenerationRequest", "Generator", "GuidanceSettings", "Image",
     "MediaError", "Modality", "PluginError", "RunPlan", "RunResult", "SahError", "Sample", "Term", "Text",
-    "Trajectory", "Video", "align", "generate", "hookimpl", "load", "plan", "run", "save",
+    "Trajectory", "Video", "align", "concat", "generate", "hookimpl", "load", "plan", "run", "save",
 ]

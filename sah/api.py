@@ -112,13 +112,19 @@ def _output_paths(config: dict[str, Any], task: Task) -> list[dict[str, Path]]:
     return paths
 
 
-def plan(config: dict[str, Any] | None = None, *layers: dict[str, Any], registry: Registry | None = None) -> RunPlan:
+def plan(config: dict[str, Any] | None = None, *layers: dict[str, Any], registry: Registry | None = None,
+         condition: Media | None = None) -> RunPlan:
     """Resolve and check a run: config keys and values, plugin names, the task, what the binder
-    must embed, the condition file, and output collisions. Raises SahError; loads no model."""
+    must embed, the condition file, and output collisions. Raises SahError; loads no model.
+
+    `condition` passes condition media directly (batch 1, or one per sample) instead of a path
+    in `[input]`."""
     registry = registry or get_registry()
     config = cfg.resolve(config or {}, *layers, registry=registry)
     run, inputs = config["run"], config["input"]
     conditions = {Modality(k): v for k, v in inputs.items()}
+    if condition is not None:
+        conditions[condition.modality] = "<media>"
     task = infer_task(run["task"], conditions, config["audio"]["generator"], config["video"]["generator"])
     generators = {m: registry.generator(config[m.value]["generator"], m) for m in task.generates}
 
@@ -134,9 +140,10 @@ def plan(config: dict[str, Any] | None = None, *layers: dict[str, Any], registry
             raise SahError(f"binder {binder_cls.name!r} cannot embed {', '.join(missing)} "
                            f"(it embeds {embeds}), which task {task.name} needs")
 
-    condition = None
-    if task.condition is not None:
+    if task.condition is not None and condition is None:
         condition = io.read_media(inputs[task.condition.value], task.condition)
+    if condition is not None and condition.batch_size not in (1, run["num_samples"]):
+        raise SahError(f"condition batch size {condition.batch_size} must be 1 or run.num_samples")
 
     outputs = _output_paths(config, task)
     if not config["output"]["overwrite"]:
@@ -256,16 +263,18 @@ def save(result: RunResult, overwrite: bool | None = None) -> list[Path]:
     plan = result.plan
     overwrite = plan.config["output"]["overwrite"] if overwrite is None else overwrite
     written: list[Path] = []
-    condition_audio = _condition_audio(plan)
     for sample, paths in zip(result.samples, plan.outputs):
         if not paths:
             continue
+        condition = plan.condition.select(min(sample.index, plan.condition.batch_size - 1)) \
+            if plan.condition is not None else None
+        condition_audio = condition if isinstance(condition, Audio) else getattr(condition, "audio", None)
         next(iter(paths.values())).parent.mkdir(parents=True, exist_ok=True)
         if "wav" in paths and sample.audio is not None:
             io.write_wav(paths["wav"], sample.audio, overwrite=overwrite)
             written.append(paths["wav"])
         if "mp4" in paths:
-            video = sample.video if sample.video is not None else plan.condition
+            video = sample.video if sample.video is not None else condition
             track = sample.audio if sample.audio is not None else condition_audio
             if track is not None and sample.video is not None and plan.task.condition == Modality.AUDIO:
                 track = _trim(track, video.duration)
@@ -276,14 +285,6 @@ def save(result: RunResult, overwrite: bool | None = None) -> list[Path]:
                                  overwrite=overwrite)
             written.append(paths["json"])
     return written
-
-
-def _condition_audio(plan: RunPlan) -> Audio | None:
-    if isinstance(plan.condition, Audio):
-        return plan.condition
-    if isinstance(plan.condition, Video):
-        return plan.condition.audio
-    return None
 
 
 def _trim(audio: Audio, seconds: float) -> Audio:
