@@ -1,0 +1,244 @@
+"""The `clip` binder: images and video frames ↔ text with transformers' `CLIPModel`.
+
+Preprocessing is plain torch so the guidance gradient reaches the raw frames: resize the shortest
+side (bicubic with antialiasing, in PIL's two passes), centre crop, CLIP normalisation, with the
+sizes, statistics and filter read from the checkpoint's `CLIPImageProcessor`. On 8-bit images it
+matches the processor to within 1.25/255 per value before normalisation, 0.6/255 on average (the
+processor rounds to 8 bits after each pass; tests/test_clip_clap.py checks both bounds).
+
+Frames: `video_frames(n, fps)` picks `frames` (default 8) indices spread evenly over the clip,
+first and last included (fps is not used); each frame is embedded, unit-normalised, and the frame
+embeddings are averaged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from sah.binder import Binder
+from sah.errors import SahError
+from sah.hookspecs import hookimpl
+from sah.hub import load_pretrained
+from sah.media import Image, Media, Modality, Text, Video
+
+OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+OPEN_CLIP_PREFIX = "open_clip:"
+# PIL resampling codes, as CLIPImageProcessor stores them, to the torch mode that matches PIL
+# when used with antialias=True (torch's antialiased bicubic uses PIL's a = -0.5 kernel).
+_TORCH_MODES = {2: "bilinear", 3: "bicubic"}
+
+
+def evenly_spaced(num_frames: int, count: int) -> list[int]:
+    """`count` indices spread over `num_frames` frames, first and last included; the middle frame
+    when `count` is 1. Never more indices than frames."""
+    if num_frames <= 1:
+        return [0]
+    count = max(1, min(count, num_frames))
+    if count == 1:
+        return [(num_frames - 1) // 2]
+    return [round(i * (num_frames - 1) / (count - 1)) for i in range(count)]
+
+
+class ClipPreprocess:
+    """`CLIPImageProcessor`'s resize → centre crop → normalise, differentiable, on `[N, 3, H, W]`
+    floats in [0, 1] (the processor's `rescale` by 1/255 is implicit)."""
+
+    def __init__(self, shortest_edge: int | None, size: tuple[int, int] | None, crop: tuple[int, int] | None,
+                 mean: tuple[float, ...], std: tuple[float, ...], mode: str = "bicubic") -> None:
+        self.shortest_edge, self.size, self.crop, self.mode = shortest_edge, size, crop, mode
+        self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
+
+    def to(self, device: torch.device | str) -> ClipPreprocess:
+        self.mean, self.std = self.mean.to(device), self.std.to(device)
+        return self
+
+    @classmethod
+    def from_processor(cls, processor: Any) -> ClipPreprocess:
+        size = dict(processor.size) if processor.do_resize else {}
+        resample = int(getattr(processor, "resample", 3))
+        if resample not in _TORCH_MODES:
+            raise SahError(f"CLIP image processor resample={resample} is not supported (only bilinear and bicubic)")
+        crop = processor.crop_size if processor.do_center_crop else None
+        mean = processor.image_mean if processor.do_normalize else (0.0, 0.0, 0.0)
+        std = processor.image_std if processor.do_normalize else (1.0, 1.0, 1.0)
+        return cls(size.get("shortest_edge"), (size["height"], size["width"]) if "height" in size else None,
+                   (crop["height"], crop["width"]) if crop else None, tuple(mean), tuple(std), _TORCH_MODES[resample])
+
+    def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        if self.size is not None:
+            return self.size
+        if self.shortest_edge is None:
+            return height, width
+        # the processor's rule (transformers.image_transforms.get_resize_output_image_size): int(), not round()
+        s = self.shortest_edge
+        if width <= height:
+            return int(s * height / width), s
+        return s, int(s * width / height)
+
+    def __call__(self, pixels: Tensor) -> Tensor:
+        pixels = pixels.float()
+        h, w = pixels.shape[-2:]
+        new_h, new_w = self.resized_shape(h, w)
+        # PIL resamples horizontally, then vertically, clipping to the 8-bit range after each pass;
+        # clipping between the passes too keeps the first pass's overshoot out of the second.
+        if new_w != w:
+            pixels = F.interpolate(pixels, size=(h, new_w), mode=self.mode, align_corners=False, antialias=True)
+            pixels = pixels.clamp(0.0, 1.0)
+        if new_h != h:
+            pixels = F.interpolate(pixels, size=(new_h, new_w), mode=self.mode, align_corners=False, antialias=True)
+            pixels = pixels.clamp(0.0, 1.0)
+        if self.crop is not None:
+            pixels = _centre_crop(pixels, *self.crop)
+        return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
+
+
+def _centre_crop(pixels: Tensor, crop_h: int, crop_w: int) -> Tensor:
+    h, w = pixels.shape[-2:]
+    if h < crop_h or w < crop_w:  # the processor pads with zeros first, centred (odd pixel after)
+        pad_h, pad_w = max(0, crop_h - h), max(0, crop_w - w)
+        pixels = F.pad(pixels, ((pad_w + 1) // 2, pad_w // 2, (pad_h + 1) // 2, pad_h // 2))
+        h, w = pixels.shape[-2:]
+    top, left = (h - crop_h) // 2, (w - crop_w) // 2
+    return pixels[..., top : top + crop_h, left : left + crop_w]
+
+
+def features(output: Any) -> Tensor:
+    """The projected embedding of a `get_*_features` call: a tensor in transformers 4, the
+    `pooler_output` of a model output in transformers 5."""
+    return output if isinstance(output, Tensor) else output.pooler_output
+
+
+class ClipEncoder:
+    """A frozen CLIP model with its tokenizer and differentiable preprocessing. Embeddings are
+    float32 and unit-normalised."""
+
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, flag: str = "--binder-model") -> None:
+        if model.startswith(OPEN_CLIP_PREFIX):
+            self._backend: Any = _OpenClipBackend(model, device, dtype, flag)
+        else:
+            self._backend = _TransformersClipBackend(model, device, dtype, flag)
+        self.device, self.preprocess = device, self._backend.preprocess
+
+    def embed_pixels(self, pixels: Tensor) -> Tensor:
+        """`[N, 3, H, W]` in [0, 1] → `[N, D]`."""
+        return F.normalize(self._backend.image_features(self.preprocess(pixels.to(self.device))).float(), dim=-1)
+
+    def embed_frames(self, frames: Tensor) -> Tensor:
+        """`[B, F, 3, H, W]` → `[B, D]`: the mean of the unit frame embeddings, renormalised."""
+        b, f = frames.shape[:2]
+        per_frame = self.embed_pixels(frames.reshape(b * f, *frames.shape[2:])).reshape(b, f, -1)
+        return F.normalize(per_frame.mean(dim=1), dim=-1)
+
+    @torch.no_grad()
+    def embed_text(self, prompts: list[str], batch_size: int = 64) -> Tensor:
+        rows = [self._backend.text_features(prompts[i : i + batch_size]).float()
+                for i in range(0, len(prompts), batch_size)]
+        return F.normalize(torch.cat(rows), dim=-1)
+
+
+class _TransformersClipBackend:
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, flag: str) -> None:
+        from transformers import AutoTokenizer, CLIPModel
+
+        try:  # transformers 5: the PIL backend reads the same config and needs no torchvision
+            from transformers import CLIPImageProcessorPil as ImageProcessor
+        except ImportError:
+            from transformers import CLIPImageProcessor as ImageProcessor
+
+        self.model = load_pretrained(CLIPModel.from_pretrained, model, flag=flag, what="CLIP model")
+        self.model.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.tokenizer = load_pretrained(AutoTokenizer.from_pretrained, model, flag=flag, what="CLIP tokenizer")
+        processor = load_pretrained(ImageProcessor.from_pretrained, model, flag=flag, what="CLIP image processor")
+        self.preprocess = ClipPreprocess.from_processor(processor).to(device)
+        self.device, self.dtype = device, dtype
+        self.max_length = int(self.model.config.text_config.max_position_embeddings)
+
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        return features(self.model.get_image_features(pixel_values=pixel_values.to(self.dtype)))
+
+    def text_features(self, prompts: list[str]) -> Tensor:
+        tokens = self.tokenizer(prompts, padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(self.device)
+        return features(self.model.get_text_features(**tokens))
+
+
+class _OpenClipBackend:
+    """`open_clip:ARCH/PRETRAINED`, only where the `open_clip` package imports. It does not beside
+    the CPU torch sah is developed with, so this path is small and untested there."""
+
+    def __init__(self, model: str, device: torch.device, dtype: torch.dtype, flag: str) -> None:
+        arch, _, pretrained = model[len(OPEN_CLIP_PREFIX):].partition("/")
+        if not arch or not pretrained:
+            raise SahError(f"open_clip model names are open_clip:ARCH/PRETRAINED (e.g. "
+                           f"open_clip:ViT-H-14/laion2b_s32b_b79k), got {model!r}")
+        if importlib.util.find_spec("open_clip") is None:
+            raise SahError(f"{model!r} needs the open_clip package, which is not installed; use a "
+                           f"transformers-format CLIP checkpoint instead (e.g. {flag} openai/clip-vit-large-patch14)")
+        import open_clip
+
+        net = load_pretrained(lambda name: open_clip.create_model_and_transforms(name, pretrained=pretrained)[0],
+                              arch, flag=flag, what="open_clip model")
+        self.model = net.to(device=device, dtype=dtype).eval().requires_grad_(False)
+        self.tokenizer = open_clip.get_tokenizer(arch)
+        side = self.model.visual.image_size
+        side = side if isinstance(side, int) else side[0]
+        self.preprocess = ClipPreprocess(side, None, (side, side),
+                                         tuple(getattr(self.model.visual, "image_mean", None) or OPENAI_CLIP_MEAN),
+                                         tuple(getattr(self.model.visual, "image_std", None) or OPENAI_CLIP_STD)
+                                         ).to(device)
+        self.device, self.dtype = device, dtype
+
+    def image_features(self, pixel_values: Tensor) -> Tensor:
+        return self.model.encode_image(pixel_values.to(self.dtype))
+
+    def text_features(self, prompts: list[str]) -> Tensor:
+        return self.model.encode_text(self.tokenizer(prompts).to(self.device))
+
+
+class ClipBinder(Binder):
+    name: ClassVar[str] = "clip"
+    modalities: ClassVar[frozenset[Modality]] = frozenset({Modality.IMAGE, Modality.VIDEO, Modality.TEXT})
+    description: ClassVar[str] = "CLIP (transformers CLIPModel): images and video frames ↔ text"
+    default_model: ClassVar[str | None] = "openai/clip-vit-large-patch14"
+    options: ClassVar[dict[str, Any]] = {"frames": 8}
+
+    def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+        super().__init__(model, device, dtype, **options)
+        if int(self.config["frames"]) < 1:
+            raise SahError(f"binder.frames must be at least 1, got {self.config['frames']}")
+        self.encoder = ClipEncoder(self.model, self.device, dtype)
+
+    def video_frames(self, num_frames: int, fps: float) -> list[int]:
+        return evenly_spaced(num_frames, int(self.config["frames"]))
+
+    def embed(self, media: Media) -> Tensor:
+        if isinstance(media, Text):
+            return self.encoder.embed_text(media.prompts)
+        # sampled_frames refuses audio with a one-line error
+        return self.encoder.embed_frames(sampled_frames(media, self.video_frames))
+
+
+def sampled_frames(media: Media, choose: Any) -> Tensor:
+    """The frames `[B, F, 3, H, W]` a frame-averaging binder looks at: an image is one frame; a
+    video decoded for `video_frames` (frame_indices set) is used as it is; otherwise `choose`
+    (the binder's `video_frames`) picks them."""
+    if isinstance(media, Image):
+        return media.pixels.unsqueeze(1)
+    if isinstance(media, Video):
+        if media.frame_indices is not None:
+            return media.frames
+        return media.frames[:, choose(media.num_frames, media.fps)]
+    raise SahError(f"this binder embeds images and video, not {type(media).__name__.lower()}")
+
+
+@hookimpl
+def register_binders(register: Any) -> None:
+    register(ClipBinder)
