@@ -53,14 +53,13 @@ def _flag_layer(**flags: Any) -> dict[str, Any]:
         "binder": ("binder", "name"), "binder_model": ("binder", "model"),
         "out": ("output", "dir"), "name": ("output", "name"),
     }
+    where["overwrite"] = ("output", "overwrite")
     layer: dict[str, dict[str, Any]] = {}
     for flag, value in flags.items():
         if value is None:
             continue
         section, key = where[flag]
         layer.setdefault(section, {})[key] = str(value) if isinstance(value, Path) else value
-    if flags.get("overwrite"):
-        layer.setdefault("output", {})["overwrite"] = True
     return layer
 
 

@@ -1,0 +1,250 @@
+"""AudioLDM (Liu et al. 2023) text-to-audio as a sah generator, built on diffusers' components.
+
+The model is the one diffusers' `AudioLDMPipeline` runs — a UNet conditioned on a CLAP text
+embedding through its class embedding, a mel-spectrogram VAE and a HiFi-GAN vocoder — loaded from
+a hub id (`cvssp/audioldm-s-full-v2`, `cvssp/audioldm-m-full`, `cvssp/audioldm-l-full`) or a
+local folder in the same layout. With sah's guidance off it reproduces the pipeline's waveform
+for the same seeds, steps and classifier-free guidance scale (tests/test_audioldm.py pins this).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import math
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import diffusers
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from torch import Tensor
+from torch.utils.checkpoint import checkpoint
+from transformers import AutoTokenizer, ClapTextModelWithProjection, SpeechT5HifiGan
+
+from sah.errors import SahError
+from sah.generator import GenerationRequest, Generator, Trajectory, predict_x0_from_scheduler, seeded_noise
+from sah.hookspecs import hookimpl
+from sah.hub import load_pretrained
+from sah.media import Audio, Modality
+
+#: Short names for the samplers sah can guide. They are variance-preserving (x_t = √ᾱ·x0 + √(1-ᾱ)·ε,
+#: unscaled model input), which `predict_x0_from_scheduler` assumes; sigma-space samplers (Euler,
+#: LMS, Heun, ...) keep latents on another scale and are refused rather than guided wrongly.
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "dpm-single": "DPMSolverSinglestepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "deis": "DEISMultistepScheduler",
+}
+
+#: Latent frames decoded on each side of a chunk so its seams see their neighbours (0.32 s for the
+#: released checkpoints, whose latent frame is 40 ms).
+_CHUNK_CONTEXT_FRAMES = 8
+
+
+def resolve_scheduler(name: str) -> type:
+    """The diffusers scheduler class for a short name (`ddim`) or class name (`DDIMScheduler`)."""
+    by_class = {cls.lower(): cls for cls in SCHEDULERS.values()}
+    key = name.strip().lower()
+    class_name = SCHEDULERS.get(key) or by_class.get(key)
+    if class_name is None:
+        choices = ", ".join([*SCHEDULERS, *SCHEDULERS.values()])
+        raise SahError(f"audioldm: scheduler {name!r} is not supported for guidance (choose from {choices})")
+    return getattr(diffusers, class_name)
+
+
+def _pretrained_kwargs() -> dict[str, Any]:
+    # Without `accelerate`, diffusers falls back to this anyway but warns on every load; ask for it explicitly.
+    return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
+
+
+class AudioLDMGenerator(Generator):
+    """AudioLDM sampling driven step by step by sah's aligner."""
+
+    name: ClassVar[str] = "audioldm"
+    modality: ClassVar[Modality] = Modality.AUDIO
+    description: ClassVar[str] = "AudioLDM text-to-audio (diffusers components), 16 kHz mono"
+    default_model: ClassVar[str | None] = "cvssp/audioldm-s-full-v2"
+    options: ClassVar[dict[str, Any]] = {
+        "cfg_scale": 2.5,       # AudioLDMPipeline's default guidance scale
+        "duration": 5.0,        # seconds of audio
+        "scheduler": "ddim",    # a key of SCHEDULERS or a diffusers class name listed there
+        "cpu_offload": False,   # keep only the model in use on the accelerator
+        "decode_chunk": 0.0,    # seconds decoded at a time by VAE + vocoder (0 = all at once)
+    }
+    #: the CLAP embedding is a tensor the UNet's class embedding is differentiable in
+    supports_prompt_tuning: ClassVar[bool] = True
+
+    def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+        super().__init__(model, device, dtype, **options)
+        # Everything a user can get wrong is checked before any weights are read.
+        self.duration = float(self.config["duration"])
+        if not self.duration > 0:
+            raise SahError(f"audioldm: audio.duration must be positive seconds, got {self.duration}")
+        if float(self.config["decode_chunk"]) < 0:
+            raise SahError(f"audioldm: audio.decode_chunk must be >= 0 seconds, got {self.config['decode_chunk']}")
+        self.scheduler_cls = resolve_scheduler(str(self.config["scheduler"]))
+        self.offload = bool(self.config["cpu_offload"]) and self.device.type != "cpu"
+        home = torch.device("cpu") if self.offload else self.device
+
+        def load(cls: Any, subfolder: str, **kwargs: Any) -> Any:
+            return load_pretrained(cls.from_pretrained, self.model, flag="--audio-model", what="audio model",
+                                   subfolder=subfolder, **kwargs)
+
+        self.scheduler_config = load(self.scheduler_cls, "scheduler").config
+        self.tokenizer = load(AutoTokenizer, "tokenizer")
+        self.text_encoder = load(ClapTextModelWithProjection, "text_encoder", dtype=dtype)
+        self.vocoder = load(SpeechT5HifiGan, "vocoder", dtype=dtype)
+        self.unet = load(UNet2DConditionModel, "unet", torch_dtype=dtype, **_pretrained_kwargs())
+        self.vae = load(AutoencoderKL, "vae", torch_dtype=dtype, **_pretrained_kwargs())
+        self._modules = {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae,
+                         "vocoder": self.vocoder}
+        for module in self._modules.values():
+            module.to(home).eval().requires_grad_(False)
+
+        # The duration → latent size mapping of AudioLDMPipeline.__call__.
+        self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.sample_rate = int(self.vocoder.config.sampling_rate)
+        self.hop = int(math.prod(self.vocoder.config.upsample_rates))  # waveform samples per mel frame
+        seconds_per_frame = self.hop / self.sample_rate
+        shortest = seconds_per_frame * self.vae_scale_factor
+        if self.duration < shortest:
+            raise SahError(f"audioldm: audio.duration must be at least {shortest:g} s for this model, "
+                           f"got {self.duration:g}")
+        mel_bins = int(self.vocoder.config.model_in_dim)
+        if mel_bins % self.vae_scale_factor:
+            raise SahError(f"audioldm: the vocoder's {mel_bins} mel bins are not divisible by the VAE scale "
+                           f"factor {self.vae_scale_factor}; the model folder is inconsistent")
+        mel_frames = int(self.duration / seconds_per_frame)
+        mel_frames = math.ceil(mel_frames / self.vae_scale_factor) * self.vae_scale_factor
+        self.num_samples = int(self.duration * self.sample_rate)  # the waveform is cut back to this
+        self.latent_shape = (int(self.unet.config.in_channels), mel_frames // self.vae_scale_factor,
+                             mel_bins // self.vae_scale_factor)
+        chunk = float(self.config["decode_chunk"])
+        frames_per_second = self.sample_rate / (self.hop * self.vae_scale_factor)
+        self.chunk_frames = max(1, round(chunk * frames_per_second)) if chunk > 0 else 0
+        self.chunk_context = _CHUNK_CONTEXT_FRAMES
+
+    # -- placement -------------------------------------------------------------------------------
+
+    def _use(self, *names: str) -> None:
+        """With `cpu_offload`, move the named models to the device and every other one to the CPU."""
+        if not self.offload:
+            return
+        for name, module in self._modules.items():
+            target = self.device if name in names else torch.device("cpu")
+            if next(module.parameters()).device != target:
+                module.to(target)
+
+    # -- the Generator interface ------------------------------------------------------------------
+
+    def encode_prompts(self, prompts: Sequence[str]) -> Tensor:
+        """L2-normalised CLAP text embeddings `[B, D]`, as AudioLDMPipeline._encode_prompt makes them."""
+        self._use("text_encoder")
+        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=self.tokenizer.model_max_length,
+                                truncation=True, return_tensors="pt")
+        device = next(self.text_encoder.parameters()).device
+        with torch.no_grad():
+            out = self.text_encoder(tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device))
+        # The pipeline pads the negative prompt to the embedding width instead of the tokenizer's
+        # length; with the attention mask both give the same embedding, so both use the latter here.
+        return F.normalize(out.text_embeds, dim=-1).to(device=self.device, dtype=self.dtype)
+
+    def prepare(self, request: GenerationRequest) -> Trajectory:
+        cond = self.encode_prompts(request.prompts)
+        use_cfg = request.cfg_scale > 1.0  # the pipeline's rule: scale 1 or below means one branch
+        uncond = self.encode_prompts([request.negative_prompt] * request.batch_size) if use_cfg else None
+        scheduler = self.scheduler_cls.from_config(self.scheduler_config)
+        try:
+            scheduler.set_timesteps(request.num_steps, device=self.device)
+        except ValueError as exc:  # e.g. PNDM's Runge-Kutta warm-up needs at least 4 steps
+            raise SahError(f"audioldm: scheduler {self.config['scheduler']!r} cannot run {request.num_steps} "
+                           f"steps: {exc}") from exc
+        # Latents stay float32 between steps whatever the model dtype; only the UNet input is cast.
+        noise = seeded_noise(self.latent_shape, request.seeds, device=self.device)
+        latents = noise * scheduler.init_noise_sigma
+        step_kwargs: dict[str, Any] = {}
+        if "generator" in inspect.signature(scheduler.step).parameters:
+            # Stochastic samplers (DDPM) draw step noise from each sample's own seed, continuing past
+            # its initial noise as the pipeline's per-sample generators do.
+            generators = [torch.Generator().manual_seed(int(s)) for s in request.seeds]
+            for g in generators:
+                torch.randn(self.latent_shape, generator=g)
+            step_kwargs["generator"] = generators
+        state = {"scheduler": scheduler, "uncond_embeds": uncond, "cfg_scale": float(request.cfg_scale),
+                 "step_kwargs": step_kwargs}
+        return Trajectory(latents, scheduler.timesteps.clone(), cond, state)
+
+    def predict_noise(self, trajectory: Trajectory, latents: Tensor, index: int) -> Tensor:
+        self._use("unet")
+        scheduler = trajectory.state["scheduler"]
+        t = trajectory.timesteps[index]
+        cond = trajectory.prompt_embeds
+        uncond = trajectory.state["uncond_embeds"]
+        if uncond is not None:
+            # one batched UNet call over [uncond, cond], in the pipeline's order
+            model_in = torch.cat([latents, latents])
+            labels = torch.cat([uncond.to(cond.dtype), cond])
+        else:
+            model_in, labels = latents, cond
+        model_in = scheduler.scale_model_input(model_in, t).to(self.dtype)
+        eps = self.unet(model_in, t, encoder_hidden_states=None, class_labels=labels.to(self.dtype)).sample
+        if uncond is not None:
+            eps_uncond, eps_cond = eps.chunk(2)
+            scale = trajectory.state["cfg_scale"]
+            eps = eps_uncond + scale * (eps_cond - eps_uncond)
+        return eps.float()
+
+    def step(self, trajectory: Trajectory, latents: Tensor, noise_pred: Tensor, index: int) -> Tensor:
+        scheduler = trajectory.state["scheduler"]
+        t = trajectory.timesteps[index]
+        return scheduler.step(noise_pred.float(), t, latents.float(), **trajectory.state["step_kwargs"]).prev_sample
+
+    def predict_x0(self, trajectory: Trajectory, latents: Tensor, noise_pred: Tensor, index: int) -> Tensor:
+        # x̂0 of the latent at its own timestep t, with ᾱ_t. The authors' released code fed the next
+        # latent (already stepped to t-1) into this formula with ᾱ_t, which mixes two noise levels.
+        return predict_x0_from_scheduler(trajectory.state["scheduler"], latents, noise_pred,
+                                         trajectory.timesteps[index])
+
+    def decode(self, latents: Tensor, frames: Sequence[int] | None = None) -> Audio:
+        """Latents → VAE → mel spectrogram → HiFi-GAN → waveform `[B, 1, S]`, differentiable."""
+        self._use("vae", "vocoder")
+        z = (1 / self.vae.config.scaling_factor * latents.float()).to(self.dtype)  # as the pipeline scales
+        length = z.shape[2]
+        if not self.chunk_frames or self.chunk_frames >= length:
+            wave = self._latents_to_waveform(z)
+        else:
+            wave = torch.cat([self._decode_chunk(z, start, min(length, start + self.chunk_frames))
+                              for start in range(0, length, self.chunk_frames)], dim=-1)
+        wave = wave.float()[:, : self.num_samples]
+        return Audio(wave.unsqueeze(1), self.sample_rate)
+
+    def _latents_to_waveform(self, z: Tensor) -> Tensor:
+        mel = self.vae.decode(z).sample  # [B, 1, frames, mel bins]
+        return self.vocoder(mel.squeeze(1))
+
+    def _decode_chunk(self, z: Tensor, start: int, stop: int) -> Tensor:
+        """Waveform of latent frames [start, stop), decoded with context on both sides.
+
+        Under autograd the chunk is checkpointed: its activations are recomputed in the backward
+        pass instead of kept, which is where the memory saving comes from."""
+        lo, hi = max(0, start - self.chunk_context), min(z.shape[2], stop + self.chunk_context)
+        part = z[:, :, lo:hi]
+        if torch.is_grad_enabled() and part.requires_grad:
+            wave = checkpoint(self._latents_to_waveform, part, use_reentrant=False)
+        else:
+            wave = self._latents_to_waveform(part)
+        per_frame = wave.shape[-1] // (hi - lo)
+        begin = (start - lo) * per_frame
+        return wave[:, begin : begin + (stop - start) * per_frame]
+
+
+@hookimpl
+def register_generators(register: Any) -> None:
+    register(AudioLDMGenerator)
