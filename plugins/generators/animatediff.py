@@ -1,0 +1,68 @@
+"""AnimateDiff text-to-video: a Stable Diffusion 1.5 UNet made temporal by a motion adapter.
+
+`[video] model` is the SD 1.5 base (a hub id or a local folder with `unet/`, `vae/`,
+`text_encoder/`, `tokenizer/`, `scheduler/`); `[video] motion_adapter` the `MotionAdapter`. A folder
+saved by diffusers' `AnimateDiffPipeline`, whose `unet/` already is a `UNetMotionModel`, works too
+and needs no adapter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
+from torch import Tensor, nn
+
+from sah.errors import SahError
+from sah.hookspecs import hookimpl
+from sah.hub import load_pretrained
+
+DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
+
+
+class AnimateDiffGenerator(DiffusersVideoGenerator):
+    name: ClassVar[str] = "animatediff"
+    description: ClassVar[str] = "AnimateDiff (SD 1.5 + motion adapter), 16 frames of 512×512 at 8 fps (diffusers)"
+    default_model: ClassVar[str | None] = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    options: ClassVar[dict[str, Any]] = {**COMMON_OPTIONS, "motion_adapter": DEFAULT_MOTION_ADAPTER}
+    # The sampler settings diffusers documents for AnimateDiff (the motion modules were trained with
+    # a linear β schedule, not SD's scaled-linear one).
+    scheduler_overrides: ClassVar[dict[str, Any]] = {
+        "beta_schedule": "linear", "clip_sample": False, "timestep_spacing": "linspace", "steps_offset": 1}
+
+    def _load_unet(self, load: Callable[..., Any], **extra: Any) -> nn.Module:
+        config = load(UNet2DConditionModel.load_config, self.model, subfolder="unet")
+        if config.get("_class_name") == UNetMotionModel.__name__:
+            return load(UNetMotionModel.from_pretrained, self.model, subfolder="unet", torch_dtype=self.dtype, **extra)
+        unet = load(UNet2DConditionModel.from_pretrained, self.model, subfolder="unet", torch_dtype=self.dtype,
+                    **extra)
+        adapter_id = self.config["motion_adapter"]
+        if not adapter_id:
+            raise SahError(f"animatediff: {self.model!r} has a 2D UNet; set video.motion_adapter to a motion "
+                           f"adapter (e.g. {DEFAULT_MOTION_ADAPTER})")
+        adapter = load_pretrained(MotionAdapter.from_pretrained, adapter_id, flag="[video] motion_adapter =",
+                                  what="motion adapter", torch_dtype=self.dtype)
+        try:
+            return UNetMotionModel.from_unet2d(unet, adapter)
+        except (ValueError, RuntimeError) as exc:
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise SahError(f"animatediff: motion adapter {adapter_id!r} does not fit the UNet of "
+                           f"{self.model!r}: {first}") from exc
+
+    def _check_model(self) -> None:
+        longest = self.unet.config.get("motion_max_seq_length")
+        if longest and self.config["frames"] > longest:
+            raise SahError(f"animatediff: its motion modules attend over at most {longest} frames, "
+                           f"video.frames is {self.config['frames']}")
+
+    def _unet_hidden_states(self, embeds: Tensor, num_frames: int) -> Tensor:
+        # UNetMotionModel runs its spatial layers on frames folded into the batch, so each sample's
+        # text conditioning is repeated once per frame (as AnimateDiffPipeline does).
+        return embeds.repeat_interleave(repeats=num_frames, dim=0)
+
+
+@hookimpl
+def register_generators(register: Any) -> None:
+    register(AnimateDiffGenerator)

@@ -1,0 +1,33 @@
+"""ModelScope text-to-video (damo-vilab): a `UNet3DConditionModel` over SD-style VAE latents.
+
+`[video] model` is a hub id or a local folder with `unet/`, `vae/`, `text_encoder/`, `tokenizer/`
+and `scheduler/`, the layout diffusers' `TextToVideoSDPipeline` saves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, ClassVar
+
+from diffusers import UNet3DConditionModel
+from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
+from torch import nn
+
+from sah.hookspecs import hookimpl
+
+
+class ModelScopeGenerator(DiffusersVideoGenerator):
+    name: ClassVar[str] = "modelscope"
+    description: ClassVar[str] = "ModelScope text-to-video 1.7B, 16 frames of 256×256 at 8 fps (diffusers)"
+    default_model: ClassVar[str | None] = "damo-vilab/text-to-video-ms-1.7b"
+    # 256×256 is the resolution it was trained at; 9.0 is TextToVideoSDPipeline's default guidance.
+    options: ClassVar[dict[str, Any]] = {**COMMON_OPTIONS, "height": 256, "width": 256, "cfg_scale": 9.0}
+
+    def _load_unet(self, load: Callable[..., Any], **extra: Any) -> nn.Module:
+        return load(UNet3DConditionModel.from_pretrained, self.model, subfolder="unet", torch_dtype=self.dtype,
+                    **extra)
+
+
+@hookimpl
+def register_generators(register: Any) -> None:
+    register(ModelScopeGenerator)
