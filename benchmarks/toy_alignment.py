@@ -13,11 +13,11 @@ import argparse
 import time
 
 import torch
+from sah.plugins.toy import oracle, world
 
 import sah
 from sah.api import Models
 from sah.media import Audio, Image, Video
-from sah.plugins.toy import oracle, world
 
 RULES = {
     "unguided": {"enabled": False},

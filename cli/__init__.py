@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -16,23 +18,36 @@ from rich.table import Table
 from sah import api
 from sah import config as cfg
 from sah.errors import SahError
+from sah.plot import available as plot_available
+from sah.presets import list_presets, load_preset, preset_summary, preset_text
 from sah.registry import add_commands, get_registry
 
 console = Console(stderr=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C's KeyboardInterrupt so the same cleanup runs, but exiting 143."""
+
+
+_sigterm = {"received": False}
+
+
 class SahGroup(click.Group):
-    """Turns SahError into one line on stderr and exit code 2, and Ctrl-C into exit code 130."""
+    """Turns SahError into one line on stderr and exit code 2, Ctrl-C into exit code 130 and SIGTERM
+    into 143 (128 + the signal number, as a shell reports it). SAH_DEBUG=1 adds the traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SahError as exc:
+            if os.environ.get("SAH_DEBUG"):
+                traceback.print_exc()
             click.echo(f"Error: {exc}", err=True)
             sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("Interrupted.", err=True)
-            sys.exit(130)
+        except KeyboardInterrupt as exc:
+            terminated = isinstance(exc, Terminated) or _sigterm["received"]
+            click.echo("Terminated." if terminated else "Interrupted.", err=True)
+            sys.exit(143 if terminated else 130)
 
 
 @click.group(cls=SahGroup)
@@ -54,6 +69,7 @@ def _flag_layer(**flags: Any) -> dict[str, Any]:
         "out": ("output", "dir"), "name": ("output", "name"),
     }
     where["overwrite"] = ("output", "overwrite")
+    where["plot"] = ("output", "plot")
     layer: dict[str, dict[str, Any]] = {}
     for flag, value in flags.items():
         if value is None:
@@ -63,8 +79,11 @@ def _flag_layer(**flags: Any) -> dict[str, Any]:
     return layer
 
 
-def _layers(config_file: Path | None, sets: tuple[str, ...], flags: dict[str, Any]) -> list[dict[str, Any]]:
-    layers = [cfg.load_toml(config_file)] if config_file else []
+def _layers(config_file: Path | None, sets: tuple[str, ...], flags: dict[str, Any],
+            preset: str | None = None) -> list[dict[str, Any]]:
+    """Config layers, lowest first: preset < --config < flags < --set (defaults lie under all)."""
+    layers = [load_preset(preset)] if preset else []
+    layers += [cfg.load_toml(config_file)] if config_file else []
     layers.append(_flag_layer(**flags))
     layers.extend(cfg.parse_set(item) for item in sets)
     return layers
@@ -74,6 +93,11 @@ config_options = [
     click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML config file."),
     click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config key."),
 ]
+
+
+preset_option = click.option(
+    "--preset", metavar="NAME", help="A shipped config (`sah config presets` lists them); --config, flags and "
+    "--set override it.")
 
 
 def with_config_options(fn: Any) -> Any:
@@ -103,9 +127,11 @@ def with_config_options(fn: Any) -> Any:
 @click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--dtype", type=click.Choice(cfg.DTYPES), help="Model dtype; the guidance loss is float32.")
 @click.option("--overwrite", is_flag=True, default=None, help="Replace existing outputs.")
+@click.option("--plot/--no-plot", default=None, help="Save NAME.png: similarity per step, frames, spectrogram.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
+@preset_option
 @with_config_options
-def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, **flags: Any) -> None:
+def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, preset: str | None, **flags: Any) -> None:
     """Generate audio and/or video, aligned by a binder.
 
     \b
@@ -113,7 +139,9 @@ def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, **flags: A
     sah run --video clip.mp4                     # video-to-audio
     sah run --gen-audio audioldm --gen-video animatediff --binder imagebind --prompt "a dog barks"
     """
-    plan = api.plan(*_layers(config_file, sets, flags))
+    plan = api.plan(*_layers(config_file, sets, flags, preset))
+    if plan.config["output"]["plot"] and not plot_available():
+        console.print("matplotlib is not installed: plots are off (pip install matplotlib)")
     stop = _install_sigterm()
     models = api.load(plan)
     if quiet:
@@ -136,11 +164,14 @@ def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, **flags: A
 
 
 def _install_sigterm() -> Any:
-    """SIGTERM stops the run like Ctrl-C: between denoising steps, writing nothing."""
+    """SIGTERM stops the run like Ctrl-C, wherever it is (loading, sampling, saving): the interrupt
+    unwinds through the atomic writers, which delete their temp files. The returned flag is also
+    polled once per denoising step, in case a library swallowed the exception."""
     flag = {"stop": False}
 
     def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = True
+        flag["stop"] = _sigterm["received"] = True
+        raise Terminated
 
     try:
         signal.signal(signal.SIGTERM, handler)
@@ -184,11 +215,23 @@ def config_group() -> None:
 
 
 @config_group.command("show")
+@preset_option
 @with_config_options
-def config_show(config_file: Path | None, sets: tuple[str, ...]) -> None:
-    """Print the resolved config as TOML (defaults < --config < --set)."""
-    layers = _layers(config_file, sets, {})
+def config_show(config_file: Path | None, sets: tuple[str, ...], preset: str | None) -> None:
+    """Print the resolved config as TOML (defaults < --preset < --config < --set)."""
+    layers = _layers(config_file, sets, {}, preset)
     click.echo(cfg.to_toml(cfg.resolve(*layers, registry=get_registry())), nl=False)
+
+
+@config_group.command("presets")
+@click.option("--show", "name", metavar="NAME", help="Print one preset's TOML file, comments included.")
+def config_presets(name: str | None) -> None:
+    """List the shipped presets (use one with `sah run --preset NAME`)."""
+    if name:
+        click.echo(preset_text(name), nl=False)
+        return
+    for preset in list_presets():
+        click.echo(f"{preset:<12}  {preset_summary(preset)}")
 
 
 def main() -> None:
@@ -197,3 +240,15 @@ def main() -> None:
 
 
 __all__ = ["cli", "main"]
+
+from sah.cli.eval import eval_command  # noqa: E402
+
+cli.add_command(eval_command)
+
+from sah.cli.batch import batch_command  # noqa: E402
+
+cli.add_command(batch_command)
+
+from sah.cli.report import report_command  # noqa: E402
+
+cli.add_command(report_command)

@@ -8,10 +8,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
+import math
+import os
 import re
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +25,12 @@ import torch
 
 from sah import config as cfg
 from sah import io
-from sah.aligner import GuidanceSettings, Term, align
+from sah.aligner import GuidanceSettings, Term, align, plugin_call
 from sah.binder import Binder
 from sah.errors import SahError
 from sah.generator import GenerationRequest, Generator
 from sah.media import Audio, Media, Modality, Text, Video
+from sah.plot import available as plot_available
 from sah.registry import Registry, get_registry
 from sah.tasks import Task, infer_task, needed_modalities, terms_for
 
@@ -109,6 +114,8 @@ def _output_paths(config: dict[str, Any], task: Task) -> list[dict[str, Path]]:
         else:
             stem = base if run["num_samples"] == 1 else f"{base}-{i}"
         paths.append({fmt: out_dir / f"{stem}.{fmt}" for fmt in formats})
+        if output.get("plot") and plot_available():
+            paths[-1]["png"] = out_dir / f"{stem}.png"
     return paths
 
 
@@ -122,7 +129,7 @@ def plan(config: dict[str, Any] | None = None, *layers: dict[str, Any], registry
     registry = registry or get_registry()
     config = cfg.resolve(config or {}, *layers, registry=registry)
     run, inputs = config["run"], config["input"]
-    conditions = {Modality(k): v for k, v in inputs.items()}
+    conditions = {m: inputs[m.value] for m in (Modality.VIDEO, Modality.AUDIO, Modality.IMAGE)}
     if condition is not None:
         conditions[condition.modality] = "<media>"
     task = infer_task(run["task"], conditions, config["audio"]["generator"], config["video"]["generator"])
@@ -141,17 +148,64 @@ def plan(config: dict[str, Any] | None = None, *layers: dict[str, Any], registry
                            f"(it embeds {embeds}), which task {task.name} needs")
 
     if task.condition is not None and condition is None:
-        condition = io.read_media(inputs[task.condition.value], task.condition)
+        condition = _read_condition(inputs[task.condition.value], task.condition, inputs["max_seconds"])
     if condition is not None and condition.batch_size not in (1, run["num_samples"]):
         raise SahError(f"condition batch size {condition.batch_size} must be 1 or run.num_samples")
 
     outputs = _output_paths(config, task)
+    _check_output_dir(Path(config["output"]["dir"]))
     if not config["output"]["overwrite"]:
         existing = [p for sample in outputs for p in sample.values() if p.exists()]
         if existing:
             more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
             raise SahError(f"output {str(existing[0])!r}{more} already exists; pass --overwrite to replace it")
     return RunPlan(config, task, terms, generators, binder_cls, condition, outputs, registry)
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None
+
+
+def _read_condition(path: str, modality: Modality, max_seconds: float) -> Media:
+    """Read at most `max_seconds` of a condition (0: all of it): a long input is cut at read time,
+    so neither memory nor the binder ever sees more than that window. A video whose window would
+    not fit in half the machine's memory as float32 frames is refused before decoding."""
+    window = max_seconds if max_seconds > 0 else None
+    if modality is Modality.VIDEO:
+        info = io.probe(path)["video"]
+        if info and info["fps"] and info["width"] and info["height"]:
+            seconds = min(info["duration"] or math.inf, window or math.inf)
+            need = math.ceil(seconds * info["fps"]) * info["width"] * info["height"] * 3 * 4
+            memory = _memory_bytes()
+            if memory and need > memory // 2:
+                raise SahError(f"{path}: {seconds:.0f} s of {info['width']}x{info['height']} video needs "
+                               f"{need / 2**30:.1f} GiB as float32 frames, over half this machine's memory; "
+                               "lower input.max_seconds or downscale the video")
+    condition = io.read_media(path, modality, window)
+    duration = getattr(condition, "duration", None)
+    if window is not None and duration is not None and duration >= window - 1e-6:
+        info = io.probe(path)
+        if info["duration"] and info["duration"] > window + 0.5:
+            warnings.warn(f"{path} is {info['duration']:.1f} s long; only its first {window:g} s are used "
+                          "(input.max_seconds)", UserWarning, stacklevel=3)
+    return condition
+
+
+def _check_output_dir(out_dir: Path) -> None:
+    """The output folder, or the nearest existing folder above it, must be a writable folder: say so
+    now rather than after the generation. Nothing is created here."""
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            raise SahError(f"output folder {str(out_dir)!r}: {str(existing)!r} is a dangling symlink")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SahError(f"output folder {str(out_dir)!r}: {str(existing)!r} is not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SahError(f"output folder {str(out_dir)!r} is not writable ({str(existing)!r} is read-only to this user)")
 
 
 def _model_id(section: dict[str, Any]) -> str | None:
@@ -185,7 +239,8 @@ def _construct(cls: type, model: str | None, device: torch.device, dtype: torch.
         raise
     except Exception as exc:
         kind = "generator" if issubclass(cls, Generator) else "binder"
-        raise SahError(f"{kind} {cls.name!r} failed to load: {type(exc).__name__}: {exc}") from exc
+        text = " ".join(str(exc).split())
+        raise SahError(f"{kind} {cls.name!r} failed to load: {type(exc).__name__}: {text}") from exc
 
 
 def _embed_targets(plan: RunPlan, binder: Binder | None, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -194,7 +249,7 @@ def _embed_targets(plan: RunPlan, binder: Binder | None, prompts: list[str]) -> 
     if binder is None:
         return targets
     names = {t.target for t in plan.terms}
-    with torch.no_grad():
+    with torch.no_grad(), plugin_call(binder, "embed"):
         if "condition" in names and plan.condition is not None:
             targets["condition"] = binder.embed(plan.condition.to(binder.device)).float()
         if "text" in names:
@@ -269,27 +324,82 @@ def save(result: RunResult, overwrite: bool | None = None) -> list[Path]:
         condition = plan.condition.select(min(sample.index, plan.condition.batch_size - 1)) \
             if plan.condition is not None else None
         condition_audio = condition if isinstance(condition, Audio) else getattr(condition, "audio", None)
-        next(iter(paths.values())).parent.mkdir(parents=True, exist_ok=True)
-        if "wav" in paths and sample.audio is not None:
-            io.write_wav(paths["wav"], sample.audio, overwrite=overwrite)
-            written.append(paths["wav"])
-        if "mp4" in paths:
-            video = sample.video if sample.video is not None else condition
-            track = sample.audio if sample.audio is not None else condition_audio
-            if track is not None and sample.video is not None and plan.task.condition == Modality.AUDIO:
-                track = _trim(track, video.duration)
-            io.write_mp4(paths["mp4"], video, track, overwrite=overwrite)
-            written.append(paths["mp4"])
-        if "json" in paths:
-            io.write_text_atomic(paths["json"], json.dumps(_sidecar(result, sample, paths), indent=2) + "\n",
-                                 overwrite=overwrite)
-            written.append(paths["json"])
+        with _sample_files(written, paths):
+            _save_sample(result, sample, paths, condition, condition_audio, overwrite, written)
     return written
+
+
+@contextlib.contextmanager
+def _sample_files(written: list[Path], paths: dict[str, Path]) -> Any:
+    """A sample's files are all written or none that this call created is left: on an error or an
+    interrupt (disk full, Ctrl-C) the new ones are removed. Earlier samples stay complete."""
+    before = len(written)
+    fresh = {p for p in paths.values() if not p.exists()}
+    try:
+        yield
+    except BaseException:
+        for path in written[before:]:
+            if path in fresh:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        del written[before:]
+        raise
+
+
+def _save_sample(result: RunResult, sample: Sample, paths: dict[str, Path], condition: Media | None,
+                 condition_audio: Audio | None, overwrite: bool, written: list[Path]) -> None:
+    plan = result.plan
+    if "wav" in paths and sample.audio is not None:
+        io.write_wav(paths["wav"], sample.audio, overwrite=overwrite)
+        written.append(paths["wav"])
+    if "mp4" in paths:
+        video = sample.video if sample.video is not None else condition
+        track = sample.audio if sample.audio is not None else condition_audio
+        if track is not None and sample.video is not None and plan.task.condition == Modality.AUDIO:
+            track = _trim(track, video.duration)
+        io.write_mp4(paths["mp4"], video, track, overwrite=overwrite)
+        written.append(paths["mp4"])
+    if "png" in paths:
+        _save_plot(paths["png"], result, sample, overwrite)
+        written.append(paths["png"])
+    if "json" in paths:
+        io.write_text_atomic(paths["json"], json.dumps(_sidecar(result, sample, paths), indent=2) + "\n",
+                             overwrite=overwrite)
+        written.append(paths["json"])
+
+
+def _save_plot(path: Path, result: RunResult, sample: Sample, overwrite: bool) -> None:
+    from sah import plot
+
+    config, task = result.plan.config, result.plan.task
+    num_steps = max((config[m.value]["steps"] or config["run"]["steps"] for m in task.generates), default=1)
+    guidance = config["guidance"]
+    window = (guidance["start"], guidance["end"]) if result.plan.terms else (0.0, 0.0)
+    title = f"{sample.name}: {task.name}" + (f", {sample.prompt!r}" if sample.prompt else "") + f", seed {sample.seed}"
+    # the condition fills in the other half of the picture (v2a: the input video; a2v: the input audio)
+    condition = result.plan.condition
+    condition = condition.select(min(sample.index, condition.batch_size - 1)) if condition is not None else None
+    video = sample.video if sample.video is not None else condition if isinstance(condition, Video) else None
+    audio = sample.audio if sample.audio is not None else condition if isinstance(condition, Audio) else \
+        video.audio if video is not None else None
+    with io.atomic_path(path, overwrite=overwrite) as temp:
+        plot.draw(temp, sample.trace, num_steps=num_steps, window=window, audio=audio, video=video, title=title)
 
 
 def _trim(audio: Audio, seconds: float) -> Audio:
     keep = max(1, int(round(seconds * audio.sample_rate)))
     return Audio(audio.waveform[..., :keep], audio.sample_rate)
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and ±inf (a skipped step's similarity) as null: JSON has no spelling for them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _sidecar(result: RunResult, sample: Sample, paths: dict[str, Path]) -> dict[str, Any]:
@@ -306,8 +416,10 @@ def _sidecar(result: RunResult, sample: Sample, paths: dict[str, Path]) -> dict[
         "video": {"frames": sample.video.num_frames, "fps": sample.video.fps,
                   "size": [sample.video.width, sample.video.height]} if sample.video is not None else None,
         "terms": [t.name for t in plan.terms],
-        "final_similarity": sample.final_similarity,
-        "trace": sample.trace,
+        "final_similarity": _json_safe(sample.final_similarity),
+        # guidance updates skipped because they were not finite (each also marked in the trace)
+        "skipped_updates": sum(len(r["skipped"]) for r in sample.trace),
+        "trace": _json_safe(sample.trace),
         "seconds": round(result.seconds, 3),
         "config": plan.config,
         "versions": versions(plan.registry),

@@ -40,7 +40,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "device": "auto",
         "dtype": "float32",
     },
-    "input": {"video": "", "audio": "", "image": ""},
+    # max_seconds: a condition is read up to this many seconds (0: whole file), so a long input costs
+    # memory and binder time for that window only
+    "input": {"video": "", "audio": "", "image": "", "max_seconds": 30.0},
     "audio": {**_GENERATOR_KEYS, "generator": "toy-audio"},
     "video": {**_GENERATOR_KEYS, "generator": "toy-video"},
     "binder": {"name": "toy", "model": ""},
@@ -56,7 +58,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "prompt_tuning": False,
         "prompt_lr": 0.01,
     },
-    "output": {"dir": "outputs", "name": "", "formats": ["wav", "mp4", "json"], "overwrite": False},
+    "output": {"dir": "outputs", "name": "", "formats": ["wav", "mp4", "json"], "overwrite": False, "plot": True},
 }
 
 # Keys whose plugin decides the rest of the section's keys.
@@ -210,6 +212,8 @@ def _check_values(config: dict[str, Any]) -> None:
     need(run["steps"] >= 1, f"run.steps must be at least 1, got {run['steps']}")
     need(run["num_samples"] >= 1, f"run.num_samples must be at least 1, got {run['num_samples']}")
     need(run["seed"] >= 0, f"run.seed must be non-negative, got {run['seed']}")
+    need(math.isfinite(config["input"]["max_seconds"]) and config["input"]["max_seconds"] >= 0,
+         f"input.max_seconds must be a finite number >= 0 (0: no limit), got {config['input']['max_seconds']}")
     for section in ("audio", "video"):
         need(config[section]["steps"] >= 0, f"{section}.steps must be 0 (use run.steps) or more")
         need(math.isfinite(config[section]["cfg_scale"]), f"{section}.cfg_scale must be finite")
