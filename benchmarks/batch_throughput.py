@@ -19,10 +19,9 @@ from pathlib import Path
 
 os.environ.setdefault("SAH_LOAD_PLUGINS", "toy-generators,toy-binder")
 
-from sah.plugins.toy import world  # noqa: E402
-
 from sah.batch import run_batch  # noqa: E402
 from sah.batch.local import available_cores  # noqa: E402
+from sah.plugins.toy import world  # noqa: E402
 
 
 def write_manifest(path: Path, jobs: int) -> Path:

@@ -14,12 +14,12 @@ import time
 
 import numpy as np
 import torch
-from sah.plugins.binders.clap import ClapFrontEnd
-from sah.plugins.binders.clip import ClipPreprocess
 from transformers import ClapFeatureExtractor, CLIPImageProcessor
 from transformers.utils import logging as hf_logging
 
 from sah.dsp import resample
+from sah.plugins.binders.clap import ClapFrontEnd
+from sah.plugins.binders.clip import ClipPreprocess
 
 
 def best_of(fn, repeats: int = 5) -> float:

@@ -120,8 +120,9 @@ def build_models(folder: Path, tiny: bool, device: torch.device) -> dict[str, Pa
             shutil.copy(REFERENCE / "tiny_state_dict.safetensors", imagebind)
             shutil.copy(REFERENCE / "tiny_config.json", imagebind.with_suffix(".json"))
         else:
-            from sah.plugins.binders.imagebind import ImageBindModel, save_checkpoint
             from test_imagebind import TINY as TINY_IMAGEBIND
+
+            from sah.plugins.binders.imagebind import ImageBindModel, save_checkpoint
 
             save_checkpoint(ImageBindModel(TINY_IMAGEBIND), imagebind)
         return {"audioldm": save_tiny_audioldm(folder / "audioldm"), "sd": base, "adapter": adapter,

@@ -27,9 +27,9 @@ def _rss_kib(field: str) -> int:
 
 def measure(dtype_name: str, threads: int) -> dict[str, float]:
     import torch
-    from sah.plugins.binders.imagebind import ImageBindBinder, ImageBindModel
 
     from sah.media import Audio, Video
+    from sah.plugins.binders.imagebind import ImageBindBinder, ImageBindModel
 
     torch.set_num_threads(threads)
     dtype = getattr(torch, dtype_name)

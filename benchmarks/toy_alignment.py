@@ -13,16 +13,17 @@ import argparse
 import time
 
 import torch
-from sah.plugins.toy import oracle, world
 
 import sah
 from sah.api import Models
 from sah.media import Audio, Image, Video
+from sah.plugins.toy import oracle, world
 
 RULES = {
     "unguided": {"enabled": False},
-    "adam": {"optimizer": "adam", "lr": 0.1},  # the paper's update: fresh Adam per step, lr 0.1
-    "ngd": {"optimizer": "ngd", "lr": 0.03},   # sah's default
+    "adam": {"optimizer": "adam", "lr": 0.1},        # the paper's update: fresh Adam per step, lr 0.1
+    "ngd-0.03": {"optimizer": "ngd", "lr": 0.03},    # the prototype's fixed-size step
+    "ngd-0.1": {"optimizer": "ngd", "lr": 0.1},      # as far per step as Adam's first step, along the gradient
 }
 
 

@@ -34,8 +34,9 @@ from sah.generator import GenerationRequest
 from sah.media import Audio
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from sah.plugins.generators.animatediff import AnimateDiffGenerator  # noqa: E402
 from test_video_generators import make_animatediff  # noqa: E402  (the tests' tiny-model builder)
+
+from sah.plugins.generators.animatediff import AnimateDiffGenerator  # noqa: E402
 
 
 def _proc_kib(field: str) -> int:

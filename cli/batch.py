@@ -16,11 +16,11 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
-from sah.cli import console, with_config_options
 
 from sah import config as cfg
 from sah.batch import BatchProgress, BatchSummary, run_batch
 from sah.batch.worker import Outcome
+from sah.cli import console, with_config_options
 
 
 class RichBatchProgress(BatchProgress):

@@ -13,9 +13,6 @@ import torch
 from click.testing import CliRunner
 from diffusers import AudioLDMPipeline, AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from media_helpers import blob_frames, write_mp4
-from sah.cli import cli
-from sah.plugins.binders.toy import ToyBinder
-from sah.plugins.generators.audioldm import SCHEDULERS, AudioLDMGenerator
 from transformers import (
     ClapTextConfig,
     ClapTextModelWithProjection,
@@ -24,10 +21,13 @@ from transformers import (
     SpeechT5HifiGanConfig,
 )
 
+from sah.cli import cli
 from sah.errors import SahError
 from sah.generator import GenerationRequest
 from sah.io import read_audio, read_video
 from sah.media import Video
+from sah.plugins.binders.toy import ToyBinder
+from sah.plugins.generators.audioldm import SCHEDULERS, AudioLDMGenerator
 
 # With hop 4·4 at 16 kHz a mel frame is 1 ms and the VAE halves time: 1 latent frame = 2 ms.
 DURATION = 0.2995  # not a whole number of latent frames: exercises rounding up and cutting back

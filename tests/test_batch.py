@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 from media_helpers import blob_frames, write_mp4
-from sah.plugins.toy import oracle, world
 
 from sah.batch import BatchProgress, read_manifest, run_batch
 from sah.batch.state import FAILURES, is_done
 from sah.errors import SahError
 from sah.io import read_audio, read_video
+from sah.plugins.toy import oracle, world
 
 STEPS = [{"run": {"steps": 10}}]
 V2A_CLASSES = {"clip-sw": 5, "clip-n": 2}

@@ -10,11 +10,6 @@ import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
 from media_helpers import blob_frames, tone, write_mp4
-from sah.cli import cli
-from sah.plugins.binders.clap import ClapBinder, ClapFrontEnd
-from sah.plugins.binders.clip import ClipBinder, ClipPreprocess, evenly_spaced
-from sah.plugins.binders.pivot import ClipClapBinder, label_distribution, read_labels, split_models
-from sah.plugins.generators.toy import ToyAudioGenerator
 from transformers import (
     ClapConfig,
     ClapFeatureExtractor,
@@ -27,9 +22,14 @@ from transformers import (
 )
 
 from sah.aligner import ngd
+from sah.cli import cli
 from sah.errors import SahError
 from sah.generator import GenerationRequest
 from sah.media import Audio, Image, Text, Video
+from sah.plugins.binders.clap import ClapBinder, ClapFrontEnd
+from sah.plugins.binders.clip import ClipBinder, ClipPreprocess, evenly_spaced
+from sah.plugins.binders.pivot import ClipClapBinder, label_distribution, read_labels, split_models
+from sah.plugins.generators.toy import ToyAudioGenerator
 
 LETTERS = list("abcdefghijklmnopqrstuvwxyz.,")
 LABELS = ["dog barking", "rain falling", "car engine", "bell ringing"]

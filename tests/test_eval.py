@@ -10,13 +10,13 @@ import torch
 from click.testing import CliRunner
 from media_helpers import write_wav
 from PIL import Image
-from sah.cli import cli
-from sah.plugins.binders.toy import ToyBinder
 
 from sah import avalign, io
 from sah import eval as evaluation
+from sah.cli import cli
 from sah.io import read_audio, read_video
 from sah.media import Video
+from sah.plugins.binders.toy import ToyBinder
 
 FPS = 8
 JUMP_FRAMES = (4, 9, 13)  # frame i differs from frame i-1 only here
@@ -170,9 +170,8 @@ def test_sah_eval_on_toy_run_outputs(tmp_path):
 
 
 def test_run_without_matplotlib_says_plots_are_off(tmp_path, monkeypatch):
-    import sah.cli
-
     import sah.api
+    import sah.cli
 
     # as if matplotlib were not installed: sah.plot.available() is what both layers ask
     monkeypatch.setattr(sah.api, "plot_available", lambda: False)

@@ -12,14 +12,14 @@ import torch
 from click.testing import CliRunner
 from media_helpers import blob_frames, tone, write_mp4
 from safetensors.torch import load_file
+
 from sah.cli import cli
+from sah.errors import SahError
+from sah.media import Audio, Image, Text, Video
 from sah.plugins.binders import imagebind as imagebind_plugin
 from sah.plugins.binders.imagebind import ImageBindBinder, load_towers, save_checkpoint, tokenizer
 from sah.plugins.binders.imagebind import preprocess as P
 from sah.plugins.binders.imagebind.model import TOWERS, ImageBindConfig, ImageBindModel, tower_prefixes
-
-from sah.errors import SahError
-from sah.media import Audio, Image, Text, Video
 
 REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/imagebind"
 needs_reference = pytest.mark.skipif(not (REFERENCE / "README.md").is_file(),

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from media_helpers import blob_frames, tone, write_mp4, write_wav
-from sah.cli import cli
 from test_audioldm import save_tiny_audioldm
 from test_video_generators import make_animatediff
 
 from sah import config as cfg
+from sah.cli import cli
 from sah.errors import ConfigError
 from sah.io import read_audio, read_video
 from sah.presets import list_presets, load_preset, preset_text

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+
 from sah.cli import cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -22,16 +22,16 @@ from diffusers import (
 )
 from diffusers.utils.torch_utils import randn_tensor
 from media_helpers import tone, write_wav
-from sah.cli import cli
-from sah.plugins.generators._video_common import SCHEDULERS, make_scheduler, predict_x0
-from sah.plugins.generators.animatediff import AnimateDiffGenerator
-from sah.plugins.generators.modelscope import ModelScopeGenerator
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 import sah
+from sah.cli import cli
 from sah.generator import GenerationRequest, seeded_noise
 from sah.io import read_video
 from sah.media import Modality
+from sah.plugins.generators._video_common import SCHEDULERS, make_scheduler, predict_x0
+from sah.plugins.generators.animatediff import AnimateDiffGenerator
+from sah.plugins.generators.modelscope import ModelScopeGenerator
 
 FRAMES, SIZE = 8, 32
 TINY = {"frames": FRAMES, "height": SIZE, "width": SIZE}

@@ -24,7 +24,6 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sah.plugins.binders.clip import features
 from torch import Tensor
 
 from sah.binder import Binder
@@ -33,6 +32,7 @@ from sah.errors import SahError
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
 from sah.media import Audio, Media, Modality, Text
+from sah.plugins.binders.clip import features
 
 MEL_FLOOR = 1e-10
 

@@ -34,14 +34,14 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from sah.plugins.binders.clap import ClapEncoder
-from sah.plugins.binders.clip import ClipEncoder, evenly_spaced, sampled_frames
 from torch import Tensor
 
 from sah.binder import Binder
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
 from sah.media import Audio, Media, Modality, Text
+from sah.plugins.binders.clap import ClapEncoder
+from sah.plugins.binders.clip import ClipEncoder, evenly_spaced, sampled_frames
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_CLAP = "laion/clap-htsat-unfused"

@@ -12,12 +12,12 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
-from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
 from torch import Tensor, nn
 
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
+from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
 
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 from diffusers import UNet3DConditionModel
-from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
 from torch import nn
 
 from sah.hookspecs import hookimpl
+from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
 
 
 class ModelScopeGenerator(DiffusersVideoGenerator):
