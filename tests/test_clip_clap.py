@@ -369,7 +369,7 @@ def test_sah_run_v2a_with_the_text_pivot_end_to_end(tiny_clip, tiny_clap, tmp_pa
                                       f"{tiny_clip},{tiny_clap}", "--video", str(clip_mp4), "--steps", "5",
                                       "--out", str(out), "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["v2a-0.json", "v2a-0.mp4", "v2a-0.wav"]
+    assert sorted(p.name for p in out.iterdir()) == ["v2a-0.json", "v2a-0.mp4", "v2a-0.png", "v2a-0.wav"]
     sidecar = json.loads((out / "v2a-0.json").read_text())
     assert sidecar["config"]["binder"]["name"] == "clip+clap"
     assert sidecar["config"]["binder"]["model"] == f"{tiny_clip},{tiny_clap}"

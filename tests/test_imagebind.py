@@ -242,7 +242,7 @@ def test_cli_v2a_end_to_end(tmp_path, random_checkpoint):
                                       str(random_checkpoint), "--video", str(clip), "--steps", "5", "--out", str(out),
                                       "--quiet"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert {p.suffix for p in out.iterdir()} == {".wav", ".mp4", ".json"}
+    assert {p.suffix for p in out.iterdir()} == {".wav", ".mp4", ".png", ".json"}
     sidecar = json.loads((out / "v2a-0.json").read_text())
     assert sidecar["trace"] and all("audio~condition" in step["similarity"] for step in sidecar["trace"])
     assert -1.0 <= sidecar["final_similarity"]["audio~condition"] <= 1.0

@@ -289,7 +289,7 @@ def test_guided_a2v_through_the_cli(kind, animatediff_dirs, modelscope_dir, tmp_
             "--set", "guidance.start=0.0", "--quiet"]
     result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    assert sorted(p.name for p in out.iterdir()) == ["a2v-0.json", "a2v-0.mp4"]
+    assert sorted(p.name for p in out.iterdir()) == ["a2v-0.json", "a2v-0.mp4", "a2v-0.png"]
     assert _mp4_streams(out / "a2v-0.mp4") == {"video": "h264", "audio": "aac"}
     video = read_video(out / "a2v-0.mp4")
     assert video.num_frames == FRAMES and (video.width, video.height) == (SIZE, SIZE) and video.fps == 8.0
