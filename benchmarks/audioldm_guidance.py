@@ -16,14 +16,11 @@ i.e. the extra RSS the row needed, counting allocator slack; Linux only.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -32,41 +29,8 @@ from sah.api import Models
 from sah.media import Video
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-class PeakMemory:
-    """Peak extra memory of a block, in MiB (see the module docstring for what is measured)."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-        self.mib = 0.0
-
-    def __enter__(self) -> PeakMemory:
-        gc.collect()
-        if self.cuda:
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.start = torch.cuda.memory_allocated()
-        else:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.start = _status_kib("VmRSS") * 1024
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.cuda:
-            torch.cuda.synchronize()
-            peak = torch.cuda.max_memory_allocated()
-        else:
-            peak = _status_kib("VmHWM") * 1024
-        self.mib = (peak - self.start) / 2**20
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import PeakMemory  # noqa: E402
 
 
 def main() -> None:

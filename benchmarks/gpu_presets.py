@@ -40,7 +40,7 @@ from sah.presets import list_presets, load_preset
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from audioldm_guidance import PeakMemory  # noqa: E402
+from _memory import PeakMemory  # noqa: E402
 
 REFERENCE = ROOT.parent / "shared/reference/imagebind"
 FULL = {"audio_seconds": {"v2a": 10.0, "i2a": 10.0, "joint": 2.0}, "frames": 16, "size": 512, "steps": None}

@@ -17,12 +17,10 @@ the most the step adds above what was resident before it (CPU: VmHWM after reset
 from __future__ import annotations
 
 import argparse
-import ctypes
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -38,39 +36,8 @@ from test_video_generators import make_animatediff  # noqa: E402  (the tests' ti
 
 from sah.plugins.generators.animatediff import AnimateDiffGenerator  # noqa: E402
 
-
-def _proc_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-class PeakMemory:
-    """Peak bytes allocated while a block runs, above what was allocated when it began."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.libc = None
-        if device.type == "cpu":
-            self.libc = ctypes.CDLL("libc.so.6")
-            # glibc otherwise raises its mmap threshold after the first large free and keeps freed
-            # tensors in its heap, where the next variant would reuse them unseen by RSS
-            self.libc.mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD
-
-    def measure(self, fn: Callable[[], object]) -> int:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize()
-            base = torch.cuda.memory_allocated()
-            torch.cuda.reset_peak_memory_stats()
-            fn()
-            torch.cuda.synchronize()
-            return torch.cuda.max_memory_allocated() - base
-        self.libc.malloc_trim(0)
-        base = _proc_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-        fn()
-        return (_proc_kib("VmHWM") - base) * 1024
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _memory import PeakMemory  # noqa: E402
 
 
 def main() -> None:
