@@ -7,6 +7,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -234,7 +235,13 @@ def config_presets(name: str | None) -> None:
         click.echo(f"{preset:<12}  {preset_summary(preset)}")
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *args: Any, **kwargs: Any) -> None:
+    click.echo(f"Warning: {' '.join(str(message).split())}", err=True)
+
+
 def main() -> None:
+    # a user reads "Warning: <what happened>", not the source line that raised it
+    warnings.showwarning = _one_line_warning
     add_commands(cli, get_registry())
     cli(prog_name="sah")
 

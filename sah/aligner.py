@@ -13,9 +13,10 @@ denoising step, which makes `adam` the paper's "new Adam per step".
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -24,6 +25,7 @@ import torch
 from torch import Tensor
 
 from sah.binder import Binder
+from sah.errors import PluginError, SahError
 from sah.generator import GenerationRequest, Generator, Trajectory
 from sah.media import Audio, Modality, Video
 
@@ -80,8 +82,8 @@ class GuidanceSettings:
     enabled: bool = True
     start: float = 0.2
     end: float = 1.0
-    optimizer: str = "ngd"
-    lr: dict[str, float] = field(default_factory=lambda: {"audio": 0.03, "video": 0.03})
+    optimizer: str = "adam"
+    lr: dict[str, float] = field(default_factory=lambda: {"audio": 0.1, "video": 0.1})
     opt_steps: int = 1
     clip: float = 0.0
     prompt_tuning: bool = False
@@ -134,6 +136,34 @@ def _finite(t: Tensor) -> bool:
     return bool(torch.isfinite(t).all())
 
 
+@contextlib.contextmanager
+def plugin_call(owner: Generator | Binder, what: str) -> Iterator[None]:
+    """Turn an exception a plugin raises inside its code into one line naming the plugin, so a
+    fault mid-run reads like any other user-facing error (the original stays as `__cause__`)."""
+    try:
+        yield
+    except SahError:
+        raise
+    except Exception as exc:
+        kind = "binder" if isinstance(owner, Binder) else "generator"
+        text = " ".join(str(exc).split())
+        raise PluginError(f"{kind} {getattr(owner, 'name', type(owner).__name__)!r} failed in {what}: "
+                          f"{type(exc).__name__}" + (f": {text}" if text else "")) from exc
+
+
+class _SkipWarning:
+    """Warns about a skipped (non-finite) update once per run; the trace counts every skip."""
+
+    def __init__(self) -> None:
+        self.warned = False
+
+    def __call__(self, name: str) -> None:
+        if not self.warned:
+            self.warned = True
+            warnings.warn(f"non-finite guidance update for {name} skipped; later skips in this run are only "
+                          "counted (trace 'skipped', sidecar 'skipped_updates')", RuntimeWarning, stacklevel=3)
+
+
 def align(
     generators: Mapping[Modality, Generator],
     requests: Mapping[Modality, GenerationRequest],
@@ -159,11 +189,14 @@ def align(
 
     streams: dict[Modality, _Stream] = {}
     for modality, generator in generators.items():
-        trajectory = generator.prepare(requests[modality])
+        with plugin_call(generator, "prepare"):
+            trajectory = generator.prepare(requests[modality])
         stream = _Stream(generator, trajectory, trajectory.latents)
         if binder is not None and generator.supports_frame_subset and generator.num_frames():
-            stream.frames = binder.video_frames(generator.num_frames(), generator.fps() or 1.0)
+            with plugin_call(binder, "video_frames"):
+                stream.frames = binder.video_frames(generator.num_frames(), generator.fps() or 1.0)
         streams[modality] = stream
+    warn_skip = _SkipWarning()
 
     ticks = lockstep({m: s.num_steps for m, s in streams.items()})
     trace: list[dict[str, Any]] = []
@@ -173,12 +206,12 @@ def align(
             raise KeyboardInterrupt
         for modality, index in tick.items():
             stream = streams[modality]
-            with torch.no_grad():
+            with torch.no_grad(), plugin_call(stream.generator, "predict_noise"):
                 stream.noise_pred = stream.generator.predict_noise(stream.trajectory, stream.latents, index)
         guided = [m for m, i in tick.items()
                   if settings.guides(i, streams[m].num_steps) and any(_involves(t, m) for t in terms)]
         if guided:
-            record = _guide(streams, guided, tick, binder, terms, targets, settings, update)
+            record = _guide(streams, guided, tick, binder, terms, targets, settings, update, warn_skip)
             record.update(tick=tick_no, progress=float(max(Fraction(i + 1, streams[m].num_steps)
                                                             for m, i in tick.items())),
                           steps={m.value: i for m, i in tick.items()})
@@ -186,15 +219,20 @@ def align(
             last = {name: float(sum(v) / len(v)) for name, v in record["similarity"].items()}
         for modality, index in tick.items():
             stream = streams[modality]
-            with torch.no_grad():
+            with torch.no_grad(), plugin_call(stream.generator, "step"):
                 stream.latents = stream.generator.step(stream.trajectory, stream.latents, stream.noise_pred, index)
+            if not _finite(stream.latents):
+                # guidance never applies a non-finite update, so this came from the denoiser or scheduler
+                raise PluginError(f"generator {stream.generator.name!r} produced non-finite latents at step "
+                                  f"{index + 1} of {stream.num_steps} (with float16, try --dtype float32)")
         if on_step is not None:
             on_step(tick_no + 1, len(ticks), last)
 
     media: dict[Modality, Audio | Video] = {}
     with torch.no_grad():
         for modality, stream in streams.items():
-            media[modality] = stream.generator.decode(stream.latents)
+            with plugin_call(stream.generator, "decode"):
+                media[modality] = stream.generator.decode(stream.latents)
         final = _final_similarity(media, binder, terms, targets)
     return AlignResult(media, {m: s.latents for m, s in streams.items()}, trace, final)
 
@@ -205,7 +243,7 @@ def _involves(term: Term, modality: Modality) -> bool:
 
 def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[Modality, int],
            binder: Binder, terms: list[Term], targets: Mapping[str, Tensor], settings: GuidanceSettings,
-           update: UpdateRule) -> dict[str, Any]:
+           update: UpdateRule, warn_skip: Callable[[str], None]) -> dict[str, Any]:
     """Optimise the guided streams' latents (and prompt embeddings) for one denoising step."""
     states: dict[Any, dict] = {}
     record: dict[str, Any] = {"similarity": {}, "loss": None, "skipped": []}
@@ -222,11 +260,15 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
                 # The prompt's gradient must pass through the denoiser; the latent's must not.
                 trajectory.prompt_embeds = trajectory.prompt_embeds.detach().requires_grad_(True)
                 prompts[modality] = trajectory.prompt_embeds
-                with torch.enable_grad():
+                with torch.enable_grad(), plugin_call(generator, "predict_noise"):
                     noise_pred = generator.predict_noise(trajectory, stream.latents.detach(), index)
             with torch.enable_grad():
-                x0 = generator.predict_x0(trajectory, leaves[modality], noise_pred, index)
-                embedding = binder.embed(generator.decode(x0, frames=stream.frames))
+                with plugin_call(generator, "predict_x0"):
+                    x0 = generator.predict_x0(trajectory, leaves[modality], noise_pred, index)
+                with plugin_call(generator, "decode"):
+                    decoded = generator.decode(x0, frames=stream.frames)
+                with plugin_call(binder, "embed"):
+                    embedding = binder.embed(decoded)
             embeddings[modality.value] = embedding
             stream.embedding = embedding.detach()
         for modality, stream in streams.items():
@@ -240,7 +282,8 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
                     continue
                 if not any(_involves(term, m) for m in guided):
                     continue
-                sim = binder.similarity(embeddings[term.generated.value], embeddings[term.target])
+                with plugin_call(binder, "similarity"):
+                    sim = binder.similarity(embeddings[term.generated.value], embeddings[term.target])
                 loss = loss + term.weight * (1 - sim)
                 if opt_step == 0:
                     record["similarity"][term.name] = [float(s) for s in sim.detach()]
@@ -249,7 +292,10 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
             if opt_step == 0:
                 record["loss"] = [float(v) for v in loss.detach()]
             params = [*leaves.values(), *prompts.values()]
-            grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
+            # the backward pass runs through the decoders and the binder: name the binder, whose
+            # preprocessing is the usual culprit
+            with plugin_call(binder, "the guidance backward pass"):
+                grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
 
         named = [*((m, m.value, settings.lr.get(m.value, 0.0)) for m in leaves),
                  *((m, f"{m.value}.prompt", settings.prompt_lr) for m in prompts)]
@@ -261,7 +307,7 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
                 grad = grad * (settings.clip / _per_sample_norm(grad)).clamp(max=1.0)
             new = update(param.detach().float(), grad, states.setdefault(name, {}), lr) if _finite(grad) else None
             if new is None or not _finite(new):
-                warnings.warn(f"non-finite guidance update for {name} skipped", RuntimeWarning, stacklevel=2)
+                warn_skip(name)
                 record["skipped"].append(name)
                 continue
             new = new.to(param.dtype)
@@ -282,7 +328,8 @@ def _final_similarity(media: Mapping[Modality, Audio | Video], binder: Binder | 
     embeddings = dict(targets)
     for modality, item in media.items():
         if binder.can_embed(modality):
-            embeddings[modality.value] = binder.embed(item)
+            with plugin_call(binder, "embed"):
+                embeddings[modality.value] = binder.embed(item)
     out = {}
     for term in terms:
         if term.generated.value in embeddings and term.target in embeddings:

@@ -176,8 +176,8 @@ def _read_condition(path: str, modality: Modality, max_seconds: float) -> Media:
     window = max_seconds if max_seconds > 0 else None
     if modality is Modality.VIDEO:
         info = io.probe(path)["video"]
-        if info and info["fps"] and info["width"] and info["height"]:
-            seconds = min(info["duration"] or math.inf, window or math.inf)
+        seconds = min(info["duration"] or math.inf, window or math.inf) if info else math.inf
+        if info and info["fps"] and info["width"] and info["height"] and math.isfinite(seconds):
             need = math.ceil(seconds * info["fps"]) * info["width"] * info["height"] * 3 * 4
             memory = _memory_bytes()
             if memory and need > memory // 2:

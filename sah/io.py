@@ -160,14 +160,25 @@ def _exact_samples(container: Any, stream: Any, decoded: int) -> int | None:
     return promised if 0 < promised < decoded <= promised + 2 * _AAC_FRAME_SIZE else None
 
 
-def read_audio(path: StrPath) -> Audio:
-    """The first audio stream of any file ffmpeg reads, as float32 `[1, C, S]` at the file's own rate."""
+def _check_window(max_seconds: float | None) -> None:
+    if max_seconds is not None and not (max_seconds > 0 and math.isfinite(max_seconds)):
+        raise ValueError(f"max_seconds must be a positive number, got {max_seconds}")
+
+
+def read_audio(path: StrPath, max_seconds: float | None = None) -> Audio:
+    """The first audio stream of any file ffmpeg reads, as float32 `[1, C, S]` at the file's own rate.
+
+    With `max_seconds`, decoding stops there: a long file costs memory for the window only."""
+    _check_window(max_seconds)
     with _open_input(path) as container:
         stream = _first_stream(container, "audio", path)
         collector = _AudioCollector(path)
         for frame in container.decode(stream):
             collector.add(frame)
-        audio = collector.to_audio()
+            if max_seconds is not None and collector.seconds >= max_seconds:
+                break
+        limit = math.ceil(max_seconds * collector.sample_rate) if max_seconds is not None else None
+        audio = collector.to_audio(limit)
         exact = _exact_samples(container, stream, audio.num_samples)
     return audio if exact is None else Audio(audio.waveform[..., :exact], audio.sample_rate)
 
@@ -222,20 +233,25 @@ def _check_frame_count(path: StrPath, stream: Any, decoded: int, limit: int | No
         raise _error(path, f"truncated: only {decoded} of {promised} video frames decode")
 
 
-def read_video(path: StrPath, max_frames: int | None = None) -> Video:
+def read_video(path: StrPath, max_frames: int | None = None, max_seconds: float | None = None) -> Video:
     """Frames `[1, F, 3, H, W]` in [0, 1] and the first audio track (or None), in one pass over the file.
 
-    With `max_frames`, decoding stops after that many frames and the audio is cut to the same span.
+    With `max_frames` (or `max_seconds`, which becomes a frame count at the stream's rate), decoding
+    stops after that many frames and the audio is cut to the same span.
     """
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"max_frames must be at least 1, got {max_frames}")
+    _check_window(max_seconds)
     with _open_input(path) as container:
         video_stream = _first_stream(container, "video", path)
         video_stream.thread_type = "AUTO"
         audio_stream = container.streams.audio[0] if container.streams.audio else None
+        fps = _stream_fps(video_stream)
+        if max_seconds is not None and fps is not None:
+            window = max(1, math.ceil(max_seconds * fps - 1e-6))
+            max_frames = window if max_frames is None else min(max_frames, window)
         frames = _FrameCollector(max_frames)
         audio = _AudioCollector(path) if audio_stream is not None else None
-        fps = _stream_fps(video_stream)
         audio_seconds = math.inf if max_frames is None or fps is None else max_frames / fps
         for packet in container.demux([s for s in (video_stream, audio_stream) if s is not None]):
             if packet.stream.index == video_stream.index:
@@ -273,13 +289,13 @@ def read_image(path: StrPath) -> Image:
     raise _error(path, "image has no decodable pixels")
 
 
-def read_media(path: StrPath, modality: Modality | str) -> Audio | Video | Image:
-    """Read `path` as the given modality."""
+def read_media(path: StrPath, modality: Modality | str, max_seconds: float | None = None) -> Audio | Video | Image:
+    """Read `path` as the given modality; audio and video only their first `max_seconds` when given."""
     modality = Modality(modality)
     if modality is Modality.AUDIO:
-        return read_audio(path)
+        return read_audio(path, max_seconds)
     if modality is Modality.VIDEO:
-        return read_video(path)
+        return read_video(path, max_seconds=max_seconds)
     if modality is Modality.IMAGE:
         return read_image(path)
     raise _error(path, f"cannot read {modality} media from a file")
@@ -395,11 +411,16 @@ def atomic_path(path: StrPath, *, overwrite: bool = False) -> Iterator[Path]:
     """
     target = Path(path)
     _refuse_existing(target, overwrite)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temp = _reserve_temp(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        temp = _reserve_temp(target)
+    except OSError as exc:  # a read-only or full filesystem, a file where the folder should be
+        raise _error(target, f"cannot write ({_reason(exc)})") from exc
     try:
         yield temp
         _commit(temp, target, overwrite)
+    except OSError as exc:  # disk full mid-write and the like: one line, and the temp goes below
+        raise _error(target, f"cannot write ({_reason(exc)})") from exc
     finally:
         # After a successful commit the temp is gone; after an error this is the cleanup.
         with contextlib.suppress(FileNotFoundError):
