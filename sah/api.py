@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from sah import config as cfg
-from sah import io
+from sah import hub, io
 from sah.aligner import GuidanceSettings, Term, align, plugin_call
 from sah.binder import Binder
 from sah.errors import SahError
@@ -159,7 +159,24 @@ def plan(config: dict[str, Any] | None = None, *layers: dict[str, Any], registry
         if existing:
             more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
             raise SahError(f"output {str(existing[0])!r}{more} already exists; pass --overwrite to replace it")
+    _check_weights(config, generators, binder_cls)
     return RunPlan(config, task, terms, generators, binder_cls, condition, outputs, registry)
+
+
+def _check_weights(config: dict[str, Any], generators: dict[Modality, type[Generator]],
+                   binder: type[Binder] | None) -> None:
+    """Plugin options, then every weight the load would read, checked at once, so an offline user
+    hears of all missing weights in one line and a bad option before any of them."""
+    parts: list[tuple[type, dict[str, Any], str]] = [
+        (cls, config[m.value], f"--{m.value}-model") for m, cls in generators.items()]
+    if binder is not None:
+        parts.append((binder, config["binder"], "--binder-model"))
+    for cls, section, _ in parts:
+        cls.check_options({**cls.options, **_plugin_options(cls, section)})
+    refs = [(ref, flag or default_flag)
+            for cls, section, default_flag in parts
+            for ref, flag in cls.weights(_model_id(section), _plugin_options(cls, section))]
+    hub.check_weights(refs)
 
 
 def _memory_bytes() -> int | None:

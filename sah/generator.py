@@ -95,6 +95,22 @@ class Generator(ABC):
         self.device = torch.device(device)
         self.dtype = dtype
         self.config = {**self.options, **options}
+        self.check_options(self.config)
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise a one-line SahError for option values a load would refuse. `sah.plan` calls it
+        before any weights are read; `__init__` calls it too, for direct construction."""
+        return None  # a plugin with nothing to check accepts every value of its declared types
+
+    @classmethod
+    def weights(cls, model: str | None, options: dict[str, Any]) -> list[tuple[str, str | None]]:
+        """The weights a load with this `model` and these options would read, each a hub id or a
+        local path with the config key or flag that sets it (None: the section's model flag).
+        `sah.plan` checks them all before anything loads, so an offline user learns of every
+        missing one at once. Default: the model id."""
+        name = model or cls.default_model
+        return [(name, None)] if name else []
 
     @abstractmethod
     def prepare(self, request: GenerationRequest) -> Trajectory:

@@ -6,10 +6,14 @@ with an empty cache reads the same one-line advice whatever the backend.
 
 from __future__ import annotations
 
+import functools
 import os
+import re
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlparse
 
 from sah.errors import SahError
 
@@ -45,3 +49,52 @@ def load_pretrained(loader: Callable[..., T], model: str, *, flag: str, what: st
             f"{what} {model!r} is not in the local Hugging Face cache and {reason}; download it where there is "
             f"internet (huggingface-cli download {model}) or pass a local copy with {flag} PATH"
         ) from exc
+
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(ref: str) -> bool:
+    """`owner/name` that is not a path on this machine."""
+    return bool(_HUB_ID.match(ref)) and not Path(ref).expanduser().exists()
+
+
+def available_locally(ref: str) -> bool:
+    """A local path that exists, or a hub id with a snapshot in the Hugging Face cache."""
+    if Path(ref).expanduser().exists():
+        return True
+    if not is_hub_id(ref):
+        return False
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        snapshot_download(ref, local_files_only=True)
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether a download could work: HF_HUB_OFFLINE is unset and the endpoint accepts a TCP connection."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    try:
+        socket.create_connection((host.hostname, host.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def check_weights(refs: list[tuple[str, str]]) -> None:
+    """Raise one SahError naming every weight in `refs` (`(id or path, flag)`) that a load could not
+    get: missing local paths always, uncached hub ids when the hub cannot be reached."""
+    missing = [(ref, flag) for ref, flag in dict.fromkeys(refs) if not available_locally(ref)]
+    if not missing or (all(is_hub_id(ref) for ref, _ in missing) and hub_reachable()):
+        return
+    names = "; ".join(f"{ref!r} ({flag}): {'not in the Hugging Face cache' if is_hub_id(ref) else 'no such path'}"
+                      for ref, flag in missing)
+    raise SahError(f"model weights not available offline: {names}; download them where there is internet, or "
+                   "pass local copies with the flags named (HF_HUB_OFFLINE=1 skips the network)")

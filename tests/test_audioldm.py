@@ -258,4 +258,4 @@ def test_missing_model_folder_through_the_cli_is_one_line(tmp_path):
                                       "--video", str(clip), "--out", str(tmp_path / "out"), "--quiet"])
     assert result.exit_code == 2
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and "does not exist" in lines[0] and "nope" in lines[0]
+    assert len(lines) == 1 and "(--audio-model): no such path" in lines[0] and "nope" in lines[0]

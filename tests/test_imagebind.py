@@ -4,13 +4,13 @@
 import hashlib
 import json
 import shutil
-from pathlib import Path
 
 import click
 import pytest
 import torch
 from click.testing import CliRunner
 from media_helpers import blob_frames, tone, write_mp4
+from reference import IMAGEBIND_REFERENCE
 from safetensors.torch import load_file
 
 from sah.cli import cli
@@ -21,7 +21,7 @@ from sah.plugins.binders.imagebind import ImageBindBinder, load_towers, save_che
 from sah.plugins.binders.imagebind import preprocess as P
 from sah.plugins.binders.imagebind.model import TOWERS, ImageBindConfig, ImageBindModel, tower_prefixes
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/imagebind"
+REFERENCE = IMAGEBIND_REFERENCE
 needs_reference = pytest.mark.skipif(not (REFERENCE / "README.md").is_file(),
                                      reason=f"ImageBind reference fixtures not found at {REFERENCE}")
 TINY = ImageBindConfig(out_embed_dim=24, vision_embed_dim=48, vision_num_blocks=2, vision_num_heads=3,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from media_helpers import blob_frames, tone, write_mp4, write_wav
+from reference import IMAGEBIND_REFERENCE
 from test_audioldm import save_tiny_audioldm
 from test_video_generators import make_animatediff
 
@@ -21,7 +22,7 @@ from sah.io import read_audio, read_video
 from sah.presets import list_presets, load_preset, preset_text
 from sah.registry import get_registry
 
-REFERENCE = Path(__file__).resolve().parents[2] / "shared/reference/imagebind"
+REFERENCE = IMAGEBIND_REFERENCE
 TASKS = ("v2a", "i2a", "a2v", "joint")
 
 
@@ -97,21 +98,42 @@ def test_config_presets_lists_and_shows():
     assert shown.output == preset_text("fast-a2v")
 
 
-def test_missing_weights_fail_in_one_line_before_any_model_loads(tmp_path, monkeypatch):
-    """Offline with empty caches: one line naming the first model it looked for, no traceback."""
+@pytest.mark.parametrize("preset, condition, names", [
+    ("paper-v2a", "--video", ["'cvssp/audioldm-m-full' (--audio-model): not in the Hugging Face cache",
+                              "'imagebind_huge.pth' (--binder-model): no such path"]),
+    ("paper-joint", None, ["'cvssp/audioldm-m-full' (--audio-model)",
+                           "'stable-diffusion-v1-5/stable-diffusion-v1-5' (--video-model)",
+                           "'guoyww/animatediff-motion-adapter-v1-5-2' (video.motion_adapter)",
+                           "'imagebind_huge.pth' (--binder-model)"]),
+])
+def test_missing_weights_fail_in_one_line_before_any_model_loads(tmp_path, monkeypatch, preset, condition, names):
+    """Offline with empty caches: one line naming every missing weight, before any model loads."""
     import huggingface_hub.constants
 
+    from sah import hub
+    from sah.plugins.binders.imagebind import ImageBindBinder
+    from sah.plugins.generators.animatediff import AnimateDiffGenerator
+    from sah.plugins.generators.audioldm import AudioLDMGenerator
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    for cls in (AudioLDMGenerator, AnimateDiffGenerator, ImageBindBinder):
+        monkeypatch.setattr(cls, "__init__", refuse)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: patch it too
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("SAH_CACHE", str(tmp_path / "sah-cache"))
-    clip = write_mp4(tmp_path / "clip.mp4", blob_frames(2, 8, 32, 32), fps=8)
-    result = CliRunner().invoke(cli, ["run", "--preset", "paper-v2a", "--video", str(clip), "--prompt", "a dog",
-                                      "--out", str(tmp_path / "out"), "--quiet"])
+    hub.hub_reachable.cache_clear()
+    args = ["run", "--preset", preset, "--prompt", "a dog", "--out", str(tmp_path / "out"), "--quiet"]
+    if condition:
+        args += [condition, str(write_mp4(tmp_path / "clip.mp4", blob_frames(2, 8, 32, 32), fps=8))]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    last = result.output.strip().splitlines()[-1]
-    assert "'cvssp/audioldm-m-full'" in last and "--audio-model PATH" in last
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert lines[0].startswith("Error: model weights not available offline: ")
+    assert all(name in lines[0] for name in names), lines[0]
     assert not (tmp_path / "out").exists()
 
 

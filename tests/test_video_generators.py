@@ -334,12 +334,12 @@ def test_missing_folders_give_one_line_errors(animatediff_dirs, tmp_path):
     clip = write_wav(tmp_path / "clip.wav", tone(750, 1.0, 16000), 16000)
     line = _run_error("run", "--gen-video", "modelscope", "--video-model", tmp_path / "nowhere", "--audio", clip,
                       "--out", tmp_path / "out")
-    assert line == f"Error: video model path '{tmp_path / 'nowhere'}' does not exist"
+    assert f"'{tmp_path / 'nowhere'}' (--video-model): no such path" in line
     base, _ = animatediff_dirs
     line = _run_error("run", "--gen-video", "animatediff", "--video-model", base, "--audio", clip,
                       "--set", f"video.motion_adapter={json.dumps(str(tmp_path / 'no-adapter'))}",
                       "--out", tmp_path / "out")
-    assert line == f"Error: motion adapter path '{tmp_path / 'no-adapter'}' does not exist"
+    assert f"'{tmp_path / 'no-adapter'}' (video.motion_adapter): no such path" in line
     assert not (tmp_path / "out").exists()
 
 

@@ -109,6 +109,11 @@ class ClipClapBinder(Binder):
         "clap_template": "This is a sound of {label}.",
     }
 
+    @classmethod
+    def weights(cls, model: str | None, options: dict[str, Any]) -> list[tuple[str, str | None]]:
+        clip, clap = split_models(model, options.get("clip_model", ""), options.get("clap_model", ""))
+        return [(clip, None), (clap, None)]
+
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
         clip_id, clap_id = split_models(model, options.get("clip_model", ""), options.get("clap_model", ""))

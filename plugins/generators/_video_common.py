@@ -140,7 +140,6 @@ class DiffusersVideoGenerator(Generator):
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
         super().__init__(model, device, dtype, **options)
-        self._check_options()
         extra = {"variant": self.config["variant"]} if self.config["variant"] else {}
         load = functools.partial(load_pretrained, flag=MODEL_FLAG, what="video model")
         self.tokenizer = load(CLIPTokenizer.from_pretrained, self.model, subfolder="tokenizer")
@@ -162,8 +161,9 @@ class DiffusersVideoGenerator(Generator):
                                                   "vae": self.vae}, self.config["cpu_offload"])
         self._step_takes_generator = "generator" in inspect.signature(self.scheduler.step).parameters
 
-    def _check_options(self) -> None:
-        c = self.config
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        c = options
         problems = []
         if not (isinstance(c["frames"], int) and c["frames"] >= 1):
             problems.append(f"video.frames must be at least 1, got {c['frames']}")
@@ -175,7 +175,7 @@ class DiffusersVideoGenerator(Generator):
         if c["scheduler"] not in SCHEDULERS:
             problems.append(f"video.scheduler must be one of {', '.join(SCHEDULERS)}, got {c['scheduler']!r}")
         if problems:
-            raise SahError(f"{self.name}: {problems[0]}")
+            raise SahError(f"{cls.name}: {problems[0]}")
 
     def _load_unet(self, load: Callable[..., Any], **extra: Any) -> nn.Module:
         """The video denoiser, in `self.dtype`."""

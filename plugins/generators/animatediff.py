@@ -8,7 +8,9 @@ and needs no adapter.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, ClassVar
 
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
@@ -31,6 +33,15 @@ class AnimateDiffGenerator(DiffusersVideoGenerator):
     # a linear β schedule, not SD's scaled-linear one).
     scheduler_overrides: ClassVar[dict[str, Any]] = {
         "beta_schedule": "linear", "clip_sample": False, "timestep_spacing": "linspace", "steps_offset": 1}
+
+    @classmethod
+    def weights(cls, model: str | None, options: dict[str, Any]) -> list[tuple[str, str | None]]:
+        base = model or cls.default_model
+        adapter = options.get("motion_adapter", DEFAULT_MOTION_ADAPTER)
+        unet_config = Path(base).expanduser() / "unet" / "config.json"
+        if unet_config.is_file() and json.loads(unet_config.read_text()).get("_class_name") == "UNetMotionModel":
+            adapter = ""  # a saved AnimateDiff pipeline: its UNet already holds the motion modules
+        return [(base, None)] + ([(adapter, "video.motion_adapter")] if adapter else [])
 
     def _load_unet(self, load: Callable[..., Any], **extra: Any) -> nn.Module:
         config = load(UNet2DConditionModel.load_config, self.model, subfolder="unet")

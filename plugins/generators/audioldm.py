@@ -80,15 +80,19 @@ class AudioLDMGenerator(Generator):
     #: the CLAP embedding is a tensor the UNet's class embedding is differentiable in
     supports_prompt_tuning: ClassVar[bool] = True
 
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        # Everything a user can get wrong is checked before any weights are read.
+        if not float(options["duration"]) > 0:
+            raise SahError(f"audioldm: audio.duration must be positive seconds, got {options['duration']}")
+        if float(options["decode_chunk"]) < 0:
+            raise SahError(f"audioldm: audio.decode_chunk must be >= 0 seconds, got {options['decode_chunk']}")
+        resolve_scheduler(str(options["scheduler"]))
+
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
         super().__init__(model, device, dtype, **options)
-        # Everything a user can get wrong is checked before any weights are read.
         self.duration = float(self.config["duration"])
-        if not self.duration > 0:
-            raise SahError(f"audioldm: audio.duration must be positive seconds, got {self.duration}")
-        if float(self.config["decode_chunk"]) < 0:
-            raise SahError(f"audioldm: audio.decode_chunk must be >= 0 seconds, got {self.config['decode_chunk']}")
         self.scheduler_cls = resolve_scheduler(str(self.config["scheduler"]))
         self.offload = bool(self.config["cpu_offload"]) and self.device.type != "cpu"
         home = torch.device("cpu") if self.offload else self.device

@@ -181,10 +181,17 @@ class ImageBindBinder(Binder):
         "video_crops": 3,
     }
 
+    @classmethod
+    def weights(cls, model: str | None, options: dict[str, Any]) -> list[tuple[str, str | None]]:
+        name = model or CHECKPOINT_NAME
+        try:
+            return [(str(resolve_checkpoint(name)), None)]
+        except SahError:  # not here: named as given, so the up-front check reports it
+            return [(name, None)]
+
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
         super().__init__(model, device, dtype, **options)
-        self._check_options()
         self.checkpoint_path: Path | None = resolve_checkpoint(self.model)
         self.model_config = checkpoint_config(self.checkpoint_path, self.config["config"])
         self._checkpoint: _Checkpoint | None = _Checkpoint(self.checkpoint_path)
@@ -197,13 +204,13 @@ class ImageBindBinder(Binder):
         param = next(model.parameters())
         self = cls.__new__(cls)
         Binder.__init__(self, "<in memory>", param.device, param.dtype, **options)
-        self._check_options()
         self.checkpoint_path, self.model_config, self._checkpoint = None, model.config, None
         self._towers = {tower: model for tower in model.towers}
         return self
 
-    def _check_options(self) -> None:
-        cfg = self.config
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        cfg = options
         if cfg["preprocess"] not in MODES:
             raise SahError(f"imagebind: preprocess must be one of {', '.join(MODES)}, got {cfg['preprocess']!r}")
         for key in ("audio_clips", "video_clips"):
