@@ -67,10 +67,9 @@ def _flag_layer(**flags: Any) -> dict[str, Any]:
         "gen_audio": ("audio", "generator"), "audio_model": ("audio", "model"),
         "gen_video": ("video", "generator"), "video_model": ("video", "model"),
         "binder": ("binder", "name"), "binder_model": ("binder", "model"),
-        "out": ("output", "dir"), "name": ("output", "name"),
+        "out": ("output", "dir"), "name": ("output", "name"), "overwrite": ("output", "overwrite"),
+        "plot": ("output", "plot"),
     }
-    where["overwrite"] = ("output", "overwrite")
-    where["plot"] = ("output", "plot")
     layer: dict[str, dict[str, Any]] = {}
     for flag, value in flags.items():
         if value is None:
@@ -248,14 +247,10 @@ def main() -> None:
 
 __all__ = ["cli", "main"]
 
-from sah.cli.eval import eval_command  # noqa: E402
-
-cli.add_command(eval_command)
-
+# Commands kept in their own modules; imported last because they import this module's helpers.
 from sah.cli.batch import batch_command  # noqa: E402
-
-cli.add_command(batch_command)
-
+from sah.cli.eval import eval_command  # noqa: E402
 from sah.cli.report import report_command  # noqa: E402
 
-cli.add_command(report_command)
+for _command in (batch_command, eval_command, report_command):
+    cli.add_command(_command)
