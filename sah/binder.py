@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from abc import abstractmethod
+from typing import ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sah.component import Component
 from sah.media import Media, Modality
 
 
-class Binder(ABC):
+class Binder(Component):
     """Embeds media of the modalities it declares into one space.
 
     `embed` owns all preprocessing from raw media (resampling, spectrograms, crops, frame
@@ -20,37 +20,7 @@ class Binder(ABC):
     gradient flows through it into a generator's latent.
     """
 
-    name: ClassVar[str]
     modalities: ClassVar[frozenset[Modality]]
-    description: ClassVar[str] = ""
-    default_model: ClassVar[str | None] = None
-    options: ClassVar[dict[str, Any]] = {}
-
-    def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
-        unknown = set(options) - set(self.options)
-        if unknown:
-            raise TypeError(f"{self.name}: unknown options {sorted(unknown)}")
-        self.model = model or self.default_model
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.config = {**self.options, **options}
-        self.check_options(self.config)
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        """Raise a one-line SahError for option values a load would refuse. `sah.plan` calls it
-        before any weights are read; `__init__` calls it too, for direct construction."""
-        return None  # a plugin with nothing to check accepts every value of its declared types
-
-    @classmethod
-    def weights(cls, model: str | None, options: dict[str, Any]) -> list[tuple[str, str | None]]:
-        """The weights a load with this `model` and these options would read, each a hub id or a
-        local path with the config key or flag that sets it (None: the section's model flag).
-        `sah.plan` checks them all before anything loads, so an offline user learns of every
-        missing one at once. Default: the model id."""
-        name = model or cls.default_model
-        return [(name, None)] if name else []
 
     @classmethod
     def can_embed(cls, modality: Modality) -> bool:

@@ -7,7 +7,7 @@ latent through `predict_x0` and a differentiable `decode`, and finally `step` (t
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from sah.component import Component
 from sah.media import Audio, Modality, Video
 
 
@@ -68,7 +69,7 @@ def seeded_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.devic
     return torch.stack(rows).to(device=device, dtype=dtype)
 
 
-class Generator(ABC):
+class Generator(Component):
     """A frozen diffusion model producing audio or video.
 
     Subclasses set `name` (the plugin name users type), `modality` (AUDIO or VIDEO) and
@@ -76,41 +77,11 @@ class Generator(ABC):
     load their weights in `__init__`.
     """
 
-    name: ClassVar[str]
     modality: ClassVar[Modality]
-    description: ClassVar[str] = ""
-    default_model: ClassVar[str | None] = None
-    options: ClassVar[dict[str, Any]] = {}
     #: `prompt_embeds` is a tensor the denoiser is differentiable in (guided prompt tuning).
     supports_prompt_tuning: ClassVar[bool] = False
     #: `decode(latents, frames=...)` decodes only those frames (video generators).
     supports_frame_subset: ClassVar[bool] = False
-
-    def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
-        unknown = set(options) - set(self.options)
-        if unknown:
-            raise TypeError(f"{self.name}: unknown options {sorted(unknown)}")
-        self.model = model or self.default_model
-        self.device = torch.device(device)
-        self.dtype = dtype
-        self.config = {**self.options, **options}
-        self.check_options(self.config)
-
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        """Raise a one-line SahError for option values a load would refuse. `sah.plan` calls it
-        before any weights are read; `__init__` calls it too, for direct construction."""
-        return None  # a plugin with nothing to check accepts every value of its declared types
-
-    @classmethod
-    def weights(cls, model: str | None, options: dict[str, Any]) -> list[tuple[str, str | None]]:
-        """The weights a load with this `model` and these options would read, each a hub id or a
-        local path with the config key or flag that sets it (None: the section's model flag).
-        `sah.plan` checks them all before anything loads, so an offline user learns of every
-        missing one at once. Default: the model id."""
-        name = model or cls.default_model
-        return [(name, None)] if name else []
 
     @abstractmethod
     def prepare(self, request: GenerationRequest) -> Trajectory:
