@@ -31,16 +31,7 @@ def blob_frames(k: int, frames: int, width: int, height: int) -> np.ndarray:
 
 
 def write_wav(path: Path, samples: np.ndarray, rate: int, codec: str = "pcm_s16le") -> Path:
-    layout = "mono" if samples.shape[0] == 1 else "stereo"
-    with av.open(str(path), "w", format="wav") as container:
-        stream = container.add_stream(codec, rate=rate, layout=layout)
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples), format="fltp", layout=layout)
-        frame.sample_rate = rate
-        for packet in stream.encode(frame):
-            container.mux(packet)
-        for packet in stream.encode(None):
-            container.mux(packet)
-    return path
+    return write_pcm_wav(path, samples, rate, codec)
 
 
 def write_mp4(path: Path, frames: np.ndarray, fps: float | Fraction, audio: np.ndarray | None = None,
