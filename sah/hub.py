@@ -75,26 +75,41 @@ def available_locally(ref: str) -> bool:
     return True
 
 
-@functools.lru_cache(maxsize=1)
-def hub_reachable(timeout: float = 2.0) -> bool:
-    """Whether a download could work: HF_HUB_OFFLINE is unset and the endpoint accepts a TCP connection."""
+def is_url(ref: str) -> bool:
+    return ref.startswith(("https://", "http://"))
+
+
+@functools.lru_cache(maxsize=8)
+def reachable(url: str | None = None, timeout: float = 2.0) -> bool:
+    """Whether a download from `url` (default: the Hugging Face endpoint) could work: HF_HUB_OFFLINE
+    is unset and the host accepts a TCP connection."""
     if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
         return False
-    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    host = urlparse(url or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:
-        socket.create_connection((host.hostname, host.port or 443), timeout=timeout).close()
+        socket.create_connection((host.hostname, host.port or (80 if host.scheme == "http" else 443)),
+                                 timeout=timeout).close()
     except OSError:
         return False
     return True
 
 
+def _fetchable(ref: str) -> bool:
+    return (is_url(ref) and reachable(ref)) or (is_hub_id(ref) and reachable())
+
+
+def _why_missing(ref: str) -> str:
+    if is_url(ref):
+        return "not downloaded yet"
+    return "not in the Hugging Face cache" if is_hub_id(ref) else "no such path"
+
+
 def check_weights(refs: list[tuple[str, str]]) -> None:
-    """Raise one SahError naming every weight in `refs` (`(id or path, flag)`) that a load could not
-    get: missing local paths always, uncached hub ids when the hub cannot be reached."""
-    missing = [(ref, flag) for ref, flag in dict.fromkeys(refs) if not available_locally(ref)]
-    if not missing or (all(is_hub_id(ref) for ref, _ in missing) and hub_reachable()):
+    """Raise one SahError naming every weight in `refs` (`(id, path or URL, flag)`) that a load could
+    not get: missing local paths always, uncached hub ids and URLs when they cannot be reached."""
+    missing = [(ref, flag) for ref, flag in dict.fromkeys(refs) if is_url(ref) or not available_locally(ref)]
+    if all(_fetchable(ref) for ref, _ in missing):
         return
-    names = "; ".join(f"{ref!r} ({flag}): {'not in the Hugging Face cache' if is_hub_id(ref) else 'no such path'}"
-                      for ref, flag in missing)
+    names = "; ".join(f"{ref!r} ({flag}): {_why_missing(ref)}" for ref, flag in missing)
     raise SahError(f"model weights not available offline: {names}; download them where there is internet, or "
                    "pass local copies with the flags named (HF_HUB_OFFLINE=1 skips the network)")

@@ -246,3 +246,54 @@ def test_cli_v2a_end_to_end(tmp_path, random_checkpoint):
     sidecar = json.loads((out / "v2a-0.json").read_text())
     assert sidecar["trace"] and all("audio~condition" in step["similarity"] for step in sidecar["trace"])
     assert -1.0 <= sidecar["final_similarity"]["audio~condition"] <= 1.0
+
+
+def test_default_checkpoint_downloads_once_into_the_cache(tmp_path, monkeypatch):
+    """No --binder-model: the official URL is fetched once into $SAH_CACHE (served here from
+    localhost), then found there without a network."""
+    import functools
+    import http.server
+    import threading
+
+    from sah import hub
+
+    torch.manual_seed(0)
+    model = ImageBindModel(TINY)
+    served = tmp_path / "served"
+    served.mkdir()
+    torch.save(model.state_dict(), served / "imagebind_huge.pth")
+    config = tmp_path / "tiny-config.json"
+    config.write_text(json.dumps(TINY.to_dict()))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/imagebind_huge.pth"
+    monkeypatch.setattr(imagebind_plugin, "CHECKPOINT_URL", url)
+    monkeypatch.setenv("SAH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    hub.reachable.cache_clear()
+    cached = tmp_path / "cache" / "imagebind" / "imagebind_huge.pth"
+    try:
+        assert ImageBindBinder.weights(None, {}) == [(url, None)]
+        hub.check_weights([(url, "--binder-model")])  # reachable: the up-front check lets it through
+        first = ImageBindBinder(config=str(config)).embed(Text(["a dog barks"]))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert cached.is_file() and not [p for p in cached.parent.iterdir() if p.name.startswith(".")]
+    assert ImageBindBinder.weights(None, {}) == [(str(cached), None)]
+    again = ImageBindBinder(config=str(config)).embed(Text(["a dog barks"]))  # no server now
+    assert torch.equal(first, again)
+    # the downloaded weights are the served ones: the same as a checkpoint passed by path
+    direct = ImageBindBinder(model=str(save_checkpoint(model, tmp_path / "direct.safetensors")))
+    assert torch.allclose(first, direct.embed(Text(["a dog barks"])), atol=1e-6)
+
+
+def test_default_checkpoint_offline_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(SahError) as info:
+        ImageBindBinder()
+    message = str(info.value)
+    assert "\n" not in message and imagebind_plugin.CHECKPOINT_URL in message and "--binder-model PATH" in message
+    assert not (tmp_path / "cache" / "imagebind" / "imagebind_huge.pth").exists()

@@ -100,11 +100,12 @@ def test_config_presets_lists_and_shows():
 
 @pytest.mark.parametrize("preset, condition, names", [
     ("paper-v2a", "--video", ["'cvssp/audioldm-m-full' (--audio-model): not in the Hugging Face cache",
-                              "'imagebind_huge.pth' (--binder-model): no such path"]),
+                              "'https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth' (--binder-model): "
+                              "not downloaded yet"]),
     ("paper-joint", None, ["'cvssp/audioldm-m-full' (--audio-model)",
                            "'stable-diffusion-v1-5/stable-diffusion-v1-5' (--video-model)",
                            "'guoyww/animatediff-motion-adapter-v1-5-2' (video.motion_adapter)",
-                           "'imagebind_huge.pth' (--binder-model)"]),
+                           "imagebind_huge.pth' (--binder-model)"]),
 ])
 def test_missing_weights_fail_in_one_line_before_any_model_loads(tmp_path, monkeypatch, preset, condition, names):
     """Offline with empty caches: one line naming every missing weight, before any model loads."""
@@ -124,7 +125,7 @@ def test_missing_weights_fail_in_one_line_before_any_model_loads(tmp_path, monke
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # read at import: patch it too
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
     monkeypatch.setenv("SAH_CACHE", str(tmp_path / "sah-cache"))
-    hub.hub_reachable.cache_clear()
+    hub.reachable.cache_clear()
     args = ["run", "--preset", preset, "--prompt", "a dog", "--out", str(tmp_path / "out"), "--quiet"]
     if condition:
         args += [condition, str(write_mp4(tmp_path / "clip.mp4", blob_frames(2, 8, 32, 32), fps=8))]

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,6 +24,7 @@ from torch import Tensor
 from sah.binder import Binder
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
+from sah.io import atomic_path
 from sah.media import Audio, Image, Media, Modality, Text, Video
 
 from .model import TOWERS, ImageBindConfig, ImageBindModel, tower_prefixes
@@ -54,6 +59,29 @@ def resolve_checkpoint(model: str) -> Path:
     where = f"not found (nor in {cache_dir()})" if len(path.parts) == 1 else "does not exist"
     raise SahError(f"ImageBind checkpoint {model!r} {where}; download {CHECKPOINT_URL} "
                    f"where there is internet and pass --binder-model PATH, or put it in {cache_dir()}")
+
+
+def download_checkpoint(url: str | None = None) -> Path:
+    """Fetch the official checkpoint once into `cache_dir()`, atomically: an interrupted download
+    leaves no file that a later run would trust."""
+    url = url or CHECKPOINT_URL
+    target = cache_dir() / CHECKPOINT_NAME
+    if target.is_file():
+        return target
+    advice = (f"download {url} where there is internet and pass --binder-model PATH, or put it in "
+              f"{cache_dir()}")
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise SahError(f"ImageBind checkpoint {CHECKPOINT_NAME!r} is not in {cache_dir()} and HF_HUB_OFFLINE "
+                       f"is set; {advice}")
+    print(f"sah: downloading the ImageBind checkpoint {url} to {target} (once)", file=sys.stderr)
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response, atomic_path(target) as temp, \
+                open(temp, "wb") as out:
+            shutil.copyfileobj(response, out, length=1 << 22)
+    except (urllib.error.URLError, OSError) as exc:
+        raise SahError(f"ImageBind checkpoint could not be downloaded ({getattr(exc, 'reason', exc)}); "
+                       f"{advice}") from exc
+    return target
 
 
 def checkpoint_config(checkpoint: Path, choice: str = "") -> ImageBindConfig:
@@ -186,13 +214,18 @@ class ImageBindBinder(Binder):
         name = model or CHECKPOINT_NAME
         try:
             return [(str(resolve_checkpoint(name)), None)]
-        except SahError:  # not here: named as given, so the up-front check reports it
-            return [(name, None)]
+        except SahError:  # the default is fetched from its URL; anything else is named as given
+            return [(CHECKPOINT_URL if name == CHECKPOINT_NAME else name, None)]
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
         super().__init__(model, device, dtype, **options)
-        self.checkpoint_path: Path | None = resolve_checkpoint(self.model)
+        try:
+            self.checkpoint_path: Path | None = resolve_checkpoint(self.model)
+        except SahError:
+            if self.model != CHECKPOINT_NAME:
+                raise
+            self.checkpoint_path = download_checkpoint()
         self.model_config = checkpoint_config(self.checkpoint_path, self.config["config"])
         self._checkpoint: _Checkpoint | None = _Checkpoint(self.checkpoint_path)
         self._towers: dict[str, ImageBindModel] = {}
