@@ -290,9 +290,15 @@ def test_ten_minute_inputs_are_read_as_a_window(tmp_path, plain_a2v_class):
 # --------------------------------------------------------------------------- interruptions
 
 
+def _default_sigint() -> None:
+    # A shell running this suite in the background (`.ci/run &`) starts it with SIGINT ignored, and
+    # children inherit that: give the child the disposition a terminal user's `sah run` has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _sah_subprocess(args: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "from sah.cli import main; main()", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
 
 
 def _fixture_env(tmp: Path, **extra: str) -> dict[str, str]:
