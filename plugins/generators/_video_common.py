@@ -15,33 +15,26 @@ from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
 import torch
-from diffusers import (
-    AutoencoderKL,
-    DDIMScheduler,
-    DDPMScheduler,
-    DPMSolverMultistepScheduler,
-    EulerAncestralDiscreteScheduler,
-    EulerDiscreteScheduler,
-    PNDMScheduler,
-    UniPCMultistepScheduler,
-)
 from torch import Tensor, nn
-from transformers import CLIPTextModel, CLIPTokenizer
 
 from sah.errors import SahError
 from sah.generator import GenerationRequest, Generator, Trajectory, predict_x0_from_scheduler, seeded_noise
 from sah.hub import load_pretrained
 from sah.media import Modality, Video
 
-#: `[video] scheduler` names and the diffusers classes they pick.
-SCHEDULERS: dict[str, type] = {
-    "ddim": DDIMScheduler,
-    "ddpm": DDPMScheduler,
-    "pndm": PNDMScheduler,
-    "dpm": DPMSolverMultistepScheduler,
-    "unipc": UniPCMultistepScheduler,
-    "euler": EulerDiscreteScheduler,
-    "euler-a": EulerAncestralDiscreteScheduler,
+# diffusers and transformers are imported on use (loading, building a scheduler): every `sah`
+# command registers these plugins, and `sah plugins` or a run with another generator must not pay for them.
+
+#: `[video] scheduler` names and the names of the diffusers classes they pick (class names, not
+#: classes, so that checking a config needs no diffusers import; see `scheduler_class`).
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "ddpm": "DDPMScheduler",
+    "pndm": "PNDMScheduler",
+    "dpm": "DPMSolverMultistepScheduler",
+    "unipc": "UniPCMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
 }
 
 # PLMS without its Runge-Kutta warm-up, as Stable Diffusion ships it: the warm-up multiplies the
@@ -50,7 +43,7 @@ _SCHEDULER_SETTINGS: dict[str, dict[str, Any]] = {"pndm": {"skip_prk_steps": Tru
 
 # These keep their latent as x0 + σ·ε (init_noise_sigma > 1, scale_model_input divides by
 # √(σ²+1)), so x̂0 comes from σ, not from ᾱ.
-_SIGMA_SCHEDULERS = (EulerDiscreteScheduler, EulerAncestralDiscreteScheduler)
+_SIGMA_SCHEDULERS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
 
 MODEL_FLAG = "--video-model"
 
@@ -68,16 +61,30 @@ COMMON_OPTIONS: dict[str, Any] = {
 }
 
 
-def make_scheduler(name: str, config: dict[str, Any], **overrides: Any) -> Any:
-    """The scheduler `name` built from a model's scheduler config (plus `overrides`)."""
+def scheduler_class(name: str) -> type:
+    """The diffusers scheduler class for a `[video] scheduler` name."""
     if name not in SCHEDULERS:
         raise SahError(f"unknown video scheduler {name!r}; choose one of {', '.join(SCHEDULERS)}")
-    return SCHEDULERS[name].from_config(config, **{**_SCHEDULER_SETTINGS.get(name, {}), **overrides})
+    import diffusers  # imported on use: registering the plugins must not pay for diffusers
+
+    return getattr(diffusers, SCHEDULERS[name])
+
+
+def make_scheduler(name: str, config: dict[str, Any], **overrides: Any) -> Any:
+    """The scheduler `name` built from a model's scheduler config (plus `overrides`)."""
+    return scheduler_class(name).from_config(config, **{**_SCHEDULER_SETTINGS.get(name, {}), **overrides})
+
+
+def _sigma_schedulers() -> tuple[type, ...]:
+    # imported on use; by the time a scheduler exists diffusers is loaded, so this is a lookup
+    import diffusers
+
+    return tuple(getattr(diffusers, n) for n in _SIGMA_SCHEDULERS)
 
 
 def predict_x0(scheduler: Any, latents: Tensor, noise_pred: Tensor, timestep: Tensor | int, index: int) -> Tensor:
     """x̂0 of `latents`, which sit at step `index` (timestep `timestep`) of `scheduler`."""
-    if not isinstance(scheduler, _SIGMA_SCHEDULERS):
+    if not isinstance(scheduler, _sigma_schedulers()):
         return predict_x0_from_scheduler(scheduler, latents, noise_pred, timestep)
     sigma = scheduler.sigmas[index].to(device=latents.device, dtype=torch.float32)
     z, eps = latents.float(), noise_pred.float()
@@ -139,6 +146,10 @@ class DiffusersVideoGenerator(Generator):
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
+        # imported here, not at module level: registering the plugins must not pay for diffusers/transformers
+        from diffusers import AutoencoderKL, DDIMScheduler
+        from transformers import CLIPTextModel, CLIPTokenizer
+
         super().__init__(model, device, dtype, **options)
         extra = {"variant": self.config["variant"]} if self.config["variant"] else {}
         load = functools.partial(load_pretrained, flag=MODEL_FLAG, what="video model")

@@ -13,7 +13,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
-from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from torch import Tensor, nn
 
 from sah.errors import SahError
@@ -44,6 +43,9 @@ class AnimateDiffGenerator(DiffusersVideoGenerator):
         return [(base, None)] + ([(adapter, "video.motion_adapter")] if adapter else [])
 
     def _load_unet(self, load: Callable[..., Any], **extra: Any) -> nn.Module:
+        # imported on use: `sah plugins` and runs with other generators must not pay for diffusers
+        from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+
         config = load(UNet2DConditionModel.load_config, self.model, subfolder="unet")
         if config.get("_class_name") == UNetMotionModel.__name__:
             return load(UNetMotionModel.from_pretrained, self.model, subfolder="unet", torch_dtype=self.dtype, **extra)

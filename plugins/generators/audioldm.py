@@ -15,19 +15,19 @@ import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
-import diffusers
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
-from transformers import AutoTokenizer, ClapTextModelWithProjection, SpeechT5HifiGan
 
 from sah.errors import SahError
 from sah.generator import GenerationRequest, Generator, Trajectory, predict_x0_from_scheduler, seeded_noise
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
 from sah.media import Audio, Modality
+
+# diffusers and transformers are imported on use (loading, scheduler lookup): every `sah` command
+# registers this plugin, and `sah plugins` or a run with another generator must not pay for them.
 
 #: Short names for the samplers sah can guide. They are variance-preserving (x_t = √ᾱ·x0 + √(1-ᾱ)·ε,
 #: unscaled model input), which `predict_x0_from_scheduler` assumes; sigma-space samplers (Euler,
@@ -47,14 +47,23 @@ SCHEDULERS: dict[str, str] = {
 _CHUNK_CONTEXT_FRAMES = 8
 
 
-def resolve_scheduler(name: str) -> type:
-    """The diffusers scheduler class for a short name (`ddim`) or class name (`DDIMScheduler`)."""
+def scheduler_class_name(name: str) -> str:
+    """The diffusers class name for a short name (`ddim`) or class name (`DDIMScheduler`); checks
+    without importing diffusers, so `check_options` stays cheap."""
     by_class = {cls.lower(): cls for cls in SCHEDULERS.values()}
     key = name.strip().lower()
     class_name = SCHEDULERS.get(key) or by_class.get(key)
     if class_name is None:
         choices = ", ".join([*SCHEDULERS, *SCHEDULERS.values()])
         raise SahError(f"audioldm: scheduler {name!r} is not supported for guidance (choose from {choices})")
+    return class_name
+
+
+def resolve_scheduler(name: str) -> type:
+    """The diffusers scheduler class for a short name (`ddim`) or class name (`DDIMScheduler`)."""
+    class_name = scheduler_class_name(name)
+    import diffusers  # imported on use: registering the plugin must not pay for diffusers
+
     return getattr(diffusers, class_name)
 
 
@@ -87,10 +96,14 @@ class AudioLDMGenerator(Generator):
             raise SahError(f"audioldm: audio.duration must be positive seconds, got {options['duration']}")
         if float(options["decode_chunk"]) < 0:
             raise SahError(f"audioldm: audio.decode_chunk must be >= 0 seconds, got {options['decode_chunk']}")
-        resolve_scheduler(str(options["scheduler"]))
+        scheduler_class_name(str(options["scheduler"]))  # the name only: no diffusers import before loading
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
+        # imported here, not at module level: registering the plugin must not pay for diffusers/transformers
+        from diffusers import AutoencoderKL, UNet2DConditionModel
+        from transformers import AutoTokenizer, ClapTextModelWithProjection, SpeechT5HifiGan
+
         super().__init__(model, device, dtype, **options)
         self.duration = float(self.config["duration"])
         self.scheduler_cls = resolve_scheduler(str(self.config["scheduler"]))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, ClassVar
 
-from diffusers import UNet3DConditionModel
 from torch import nn
 
 from sah.hookspecs import hookimpl
@@ -24,6 +23,9 @@ class ModelScopeGenerator(DiffusersVideoGenerator):
     options: ClassVar[dict[str, Any]] = {**COMMON_OPTIONS, "height": 256, "width": 256, "cfg_scale": 9.0}
 
     def _load_unet(self, load: Callable[..., Any], **extra: Any) -> nn.Module:
+        # imported on use: `sah plugins` and runs with other generators must not pay for diffusers
+        from diffusers import UNet3DConditionModel
+
         return load(UNet3DConditionModel.from_pretrained, self.model, subfolder="unet", torch_dtype=self.dtype,
                     **extra)
 
