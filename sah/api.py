@@ -230,7 +230,10 @@ def _model_id(section: dict[str, Any]) -> str | None:
 
 
 def _plugin_options(cls: type, section: dict[str, Any]) -> dict[str, Any]:
-    return {k: section[k] for k in cls.options if k in section and k not in cfg.DEFAULTS["audio"]}
+    """The section's keys that are the plugin's own options (core keys such as `model` or
+    `cfg_scale` are passed otherwise, even where a plugin overrides their default)."""
+    core = set(cfg.DEFAULTS["audio"]) | set(cfg.DEFAULTS["binder"])
+    return {k: section[k] for k in cls.options if k in section and k not in core}
 
 
 def load(plan: RunPlan) -> Models:
@@ -244,8 +247,7 @@ def load(plan: RunPlan) -> Models:
     binder = None
     if plan.binder is not None:
         section = plan.config["binder"]
-        options = {k: section[k] for k in plan.binder.options if k in section}
-        binder = _construct(plan.binder, _model_id(section), device, dtype, options)
+        binder = _construct(plan.binder, _model_id(section), device, dtype, _plugin_options(plan.binder, section))
     return Models(generators, binder)
 
 
