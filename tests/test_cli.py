@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -172,9 +173,10 @@ def test_config_show(tmp_path):
 @pytest.mark.slow
 def test_third_party_plugin_installs_and_runs(tmp_path):
     root = Path(__file__).resolve().parents[1]
+    source = shutil.copytree(root / "examples" / "sah-plugin-example", tmp_path / "example")  # builds leave no trace
     target = tmp_path / "site"
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                    "--target", str(target), str(root / "examples" / "sah-plugin-example")], check=True)
+                    "--target", str(target), str(source)], check=True)
     env = {**os.environ, "PYTHONPATH": str(target)}
     sah_cmd = [sys.executable, "-c", "from sah.cli import main; main()"]
     listing = subprocess.run([*sah_cmd, "plugins", "--json"], env=env, capture_output=True, text=True, check=True)
