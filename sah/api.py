@@ -105,6 +105,8 @@ def _output_paths(config: dict[str, Any], task: Task) -> list[dict[str, Path]]:
     if Modality.VIDEO in task.generates or task.condition == Modality.VIDEO:
         produces.add("mp4")
     formats = [f for f in output["formats"] if f in produces]
+    if output.get("plot") and plot_available():
+        formats.append("png")
     base = sanitize_name(output["name"]) if output["name"] else None
     out_dir = Path(output["dir"])
     paths = []
@@ -114,8 +116,6 @@ def _output_paths(config: dict[str, Any], task: Task) -> list[dict[str, Path]]:
         else:
             stem = base if run["num_samples"] == 1 else f"{base}-{i}"
         paths.append({fmt: out_dir / f"{stem}.{fmt}" for fmt in formats})
-        if output.get("plot") and plot_available():
-            paths[-1]["png"] = out_dir / f"{stem}.png"
     return paths
 
 
@@ -191,8 +191,9 @@ def _read_condition(path: str, modality: Modality, max_seconds: float) -> Media:
     so neither memory nor the binder ever sees more than that window. A video whose window would
     not fit in half the machine's memory as float32 frames is refused before decoding."""
     window = max_seconds if max_seconds > 0 else None
-    if modality is Modality.VIDEO:
-        info = io.probe(path)["video"]
+    probed = io.probe(path) if modality is Modality.VIDEO else None
+    if probed is not None:
+        info = probed["video"]
         seconds = min(info["duration"] or math.inf, window or math.inf) if info else math.inf
         if info and info["fps"] and info["width"] and info["height"] and math.isfinite(seconds):
             need = math.ceil(seconds * info["fps"]) * info["width"] * info["height"] * 3 * 4
@@ -204,7 +205,7 @@ def _read_condition(path: str, modality: Modality, max_seconds: float) -> Media:
     condition = io.read_media(path, modality, window)
     duration = getattr(condition, "duration", None)
     if window is not None and duration is not None and duration >= window - 1e-6:
-        info = io.probe(path)
+        info = probed or io.probe(path)
         if info["duration"] and info["duration"] > window + 0.5:
             warnings.warn(f"{path} is {info['duration']:.1f} s long; only its first {window:g} s are used "
                           "(input.max_seconds)", UserWarning, stacklevel=3)
@@ -337,14 +338,14 @@ def save(result: RunResult, overwrite: bool | None = None) -> list[Path]:
     plan = result.plan
     overwrite = plan.config["output"]["overwrite"] if overwrite is None else overwrite
     written: list[Path] = []
+    package_versions = versions(plan.registry)
     for sample, paths in zip(result.samples, plan.outputs):
         if not paths:
             continue
         condition = plan.condition.select(min(sample.index, plan.condition.batch_size - 1)) \
             if plan.condition is not None else None
-        condition_audio = condition if isinstance(condition, Audio) else getattr(condition, "audio", None)
         with _sample_files(written, paths):
-            _save_sample(result, sample, paths, condition, condition_audio, overwrite, written)
+            _save_sample(result, sample, paths, condition, overwrite, written, package_versions)
     return written
 
 
@@ -366,8 +367,10 @@ def _sample_files(written: list[Path], paths: dict[str, Path]) -> Any:
 
 
 def _save_sample(result: RunResult, sample: Sample, paths: dict[str, Path], condition: Media | None,
-                 condition_audio: Audio | None, overwrite: bool, written: list[Path]) -> None:
+                 overwrite: bool, written: list[Path], package_versions: dict[str, str]) -> None:
+    """`condition` is this sample's own item of the plan's condition."""
     plan = result.plan
+    condition_audio = condition if isinstance(condition, Audio) else getattr(condition, "audio", None)
     if "wav" in paths and sample.audio is not None:
         io.write_wav(paths["wav"], sample.audio, overwrite=overwrite)
         written.append(paths["wav"])
@@ -379,15 +382,15 @@ def _save_sample(result: RunResult, sample: Sample, paths: dict[str, Path], cond
         io.write_mp4(paths["mp4"], video, track, overwrite=overwrite)
         written.append(paths["mp4"])
     if "png" in paths:
-        _save_plot(paths["png"], result, sample, overwrite)
+        _save_plot(paths["png"], result, sample, condition, overwrite)
         written.append(paths["png"])
     if "json" in paths:
-        io.write_text_atomic(paths["json"], json.dumps(_sidecar(result, sample, paths), indent=2) + "\n",
-                             overwrite=overwrite)
+        sidecar = _sidecar(result, sample, paths, package_versions)
+        io.write_text_atomic(paths["json"], json.dumps(sidecar, indent=2) + "\n", overwrite=overwrite)
         written.append(paths["json"])
 
 
-def _save_plot(path: Path, result: RunResult, sample: Sample, overwrite: bool) -> None:
+def _save_plot(path: Path, result: RunResult, sample: Sample, condition: Media | None, overwrite: bool) -> None:
     from sah import plot
 
     config, task = result.plan.config, result.plan.task
@@ -396,8 +399,6 @@ def _save_plot(path: Path, result: RunResult, sample: Sample, overwrite: bool) -
     window = (guidance["start"], guidance["end"]) if result.plan.terms else (0.0, 0.0)
     title = f"{sample.name}: {task.name}" + (f", {sample.prompt!r}" if sample.prompt else "") + f", seed {sample.seed}"
     # the condition fills in the other half of the picture (v2a: the input video; a2v: the input audio)
-    condition = result.plan.condition
-    condition = condition.select(min(sample.index, condition.batch_size - 1)) if condition is not None else None
     video = sample.video if sample.video is not None else condition if isinstance(condition, Video) else None
     audio = sample.audio if sample.audio is not None else condition if isinstance(condition, Audio) else \
         video.audio if video is not None else None
@@ -421,7 +422,8 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _sidecar(result: RunResult, sample: Sample, paths: dict[str, Path]) -> dict[str, Any]:
+def _sidecar(result: RunResult, sample: Sample, paths: dict[str, Path],
+             package_versions: dict[str, str]) -> dict[str, Any]:
     plan = result.plan
     return {
         "name": sample.name,
@@ -441,7 +443,7 @@ def _sidecar(result: RunResult, sample: Sample, paths: dict[str, Path]) -> dict[
         "trace": _json_safe(sample.trace),
         "seconds": round(result.seconds, 3),
         "config": plan.config,
-        "versions": versions(plan.registry),
+        "versions": package_versions,
     }
 
 
