@@ -167,17 +167,17 @@ def _install_sigterm() -> Any:
     """SIGTERM stops the run like Ctrl-C, wherever it is (loading, sampling, saving): the interrupt
     unwinds through the atomic writers, which delete their temp files. The returned flag is also
     polled once per denoising step, in case a library swallowed the exception."""
-    flag = {"stop": False}
+    _sigterm["received"] = False
 
     def handler(signum: int, frame: Any) -> None:
-        flag["stop"] = _sigterm["received"] = True
+        _sigterm["received"] = True
         raise Terminated
 
     try:
         signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread (e.g. CliRunner in a worker thread)
         pass
-    return lambda: flag["stop"]
+    return lambda: _sigterm["received"]
 
 
 @cli.command()
