@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from sah.binder import Binder
+from sah.config import DEFAULTS
 from sah.errors import PluginError, SahError
 from sah.generator import GenerationRequest, Generator, Trajectory
 from sah.media import Audio, Modality, Video
@@ -59,6 +60,7 @@ def adam(z: Tensor, g: Tensor, state: dict, lr: float, betas: tuple[float, float
 
 
 UPDATE_RULES: dict[str, UpdateRule] = {"adam": adam, "sgd": sgd, "ngd": ngd}
+_DEFAULTS = DEFAULTS["guidance"]
 
 
 @dataclass
@@ -79,15 +81,17 @@ class Term:
 
 @dataclass
 class GuidanceSettings:
-    enabled: bool = True
-    start: float = 0.2
-    end: float = 1.0
-    optimizer: str = "adam"
-    lr: dict[str, float] = field(default_factory=lambda: {"audio": 0.1, "video": 0.1})
-    opt_steps: int = 1
-    clip: float = 0.0
-    prompt_tuning: bool = False
-    prompt_lr: float = 0.01
+    """The `[guidance]` config section as the loop reads it; the defaults are the config's own."""
+
+    enabled: bool = _DEFAULTS["enabled"]
+    start: float = _DEFAULTS["start"]
+    end: float = _DEFAULTS["end"]
+    optimizer: str = _DEFAULTS["optimizer"]
+    lr: dict[str, float] = field(default_factory=lambda: dict(_DEFAULTS["lr"]))
+    opt_steps: int = _DEFAULTS["opt_steps"]
+    clip: float = _DEFAULTS["clip"]
+    prompt_tuning: bool = _DEFAULTS["prompt_tuning"]
+    prompt_lr: float = _DEFAULTS["prompt_lr"]
 
     @classmethod
     def from_config(cls, guidance: Mapping[str, Any]) -> GuidanceSettings:
