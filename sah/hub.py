@@ -20,6 +20,11 @@ from sah.errors import SahError
 T = TypeVar("T")
 
 
+def offline() -> bool:
+    """Whether the user asked for no network, the way huggingface_hub reads HF_HUB_OFFLINE."""
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+
+
 def is_local_path(model: str) -> bool:
     """A model name that names a filesystem location rather than a hub id."""
     return model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
@@ -43,8 +48,7 @@ def load_pretrained(loader: Callable[..., T], model: str, *, flag: str, what: st
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         if Path(model).exists():
             raise SahError(f"{what} at {model!r} could not be loaded: {first}") from exc
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        reason = "HF_HUB_OFFLINE is set" if offline else "the hub could not be reached or has no such repository"
+        reason = "HF_HUB_OFFLINE is set" if offline() else "the hub could not be reached or has no such repository"
         raise SahError(
             f"{what} {model!r} is not in the local Hugging Face cache and {reason}; download it where there is "
             f"internet (huggingface-cli download {model}) or pass a local copy with {flag} PATH"
@@ -83,7 +87,7 @@ def is_url(ref: str) -> bool:
 def reachable(url: str | None = None, timeout: float = 2.0) -> bool:
     """Whether a download from `url` (default: the Hugging Face endpoint) could work: HF_HUB_OFFLINE
     is unset and the host accepts a TCP connection."""
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if offline():
         return False
     host = urlparse(url or os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     try:

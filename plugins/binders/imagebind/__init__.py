@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from sah import hub
 from sah.binder import Binder
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
@@ -70,7 +71,7 @@ def download_checkpoint(url: str | None = None) -> Path:
         return target
     advice = (f"download {url} where there is internet and pass --binder-model PATH, or put it in "
               f"{cache_dir()}")
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if hub.offline():
         raise SahError(f"ImageBind checkpoint {CHECKPOINT_NAME!r} is not in {cache_dir()} and HF_HUB_OFFLINE "
                        f"is set; {advice}")
     print(f"sah: downloading the ImageBind checkpoint {url} to {target} (once)", file=sys.stderr)
