@@ -26,7 +26,7 @@ from torch import Tensor
 
 from sah.binder import Binder
 from sah.config import DEFAULTS
-from sah.errors import PluginError, SahError
+from sah.errors import PluginError, SahError, plugin_failure
 from sah.generator import GenerationRequest, Generator, Trajectory
 from sah.media import Audio, Modality, Video
 
@@ -150,9 +150,7 @@ def plugin_call(owner: Generator | Binder, what: str) -> Iterator[None]:
         raise
     except Exception as exc:
         kind = "binder" if isinstance(owner, Binder) else "generator"
-        text = " ".join(str(exc).split())
-        raise PluginError(f"{kind} {getattr(owner, 'name', type(owner).__name__)!r} failed in {what}: "
-                          f"{type(exc).__name__}" + (f": {text}" if text else "")) from exc
+        raise plugin_failure(kind, getattr(owner, "name", type(owner).__name__), f"in {what}", exc) from exc
 
 
 class _SkipWarning:

@@ -27,7 +27,7 @@ from sah import config as cfg
 from sah import hub, io
 from sah.aligner import GuidanceSettings, Term, align, plugin_call
 from sah.binder import Binder
-from sah.errors import SahError
+from sah.errors import SahError, plugin_failure
 from sah.generator import GenerationRequest, Generator
 from sah.media import Audio, Media, Modality, Text, Video
 from sah.plot import available as plot_available
@@ -259,8 +259,7 @@ def _construct(cls: type, model: str | None, device: torch.device, dtype: torch.
         raise
     except Exception as exc:
         kind = "generator" if issubclass(cls, Generator) else "binder"
-        text = " ".join(str(exc).split())
-        raise SahError(f"{kind} {cls.name!r} failed to load: {type(exc).__name__}: {text}") from exc
+        raise plugin_failure(kind, cls.name, "to load", exc) from exc
 
 
 def _embed_targets(plan: RunPlan, binder: Binder | None, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -15,3 +15,17 @@ class MediaError(SahError):
 
 class PluginError(SahError):
     """An unknown plugin, or one that failed to import, load or run."""
+
+
+def first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's message, or its type's name: libraries' messages
+    often run to many lines, and a user-facing error is one."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else type(exc).__name__
+
+
+def plugin_failure(kind: str, name: str, doing: str, exc: BaseException) -> PluginError:
+    """`generator 'x' failed in decode: IndexError: ...` — an error raised inside a plugin, in one line
+    that names the plugin (`doing` is e.g. "to load" or "in decode")."""
+    text = " ".join(str(exc).split())
+    return PluginError(f"{kind} {name!r} failed {doing}: {type(exc).__name__}" + (f": {text}" if text else ""))

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
 
-from sah.errors import SahError
+from sah.errors import SahError, first_line
 
 T = TypeVar("T")
 
@@ -45,7 +45,7 @@ def load_pretrained(loader: Callable[..., T], model: str, *, flag: str, what: st
     except SahError:
         raise
     except (OSError, ValueError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         if Path(model).exists():
             raise SahError(f"{what} at {model!r} could not be loaded: {first}") from exc
         reason = "HF_HUB_OFFLINE is set" if offline() else "the hub could not be reached or has no such repository"

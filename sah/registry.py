@@ -17,7 +17,7 @@ import pluggy
 
 from sah import hookspecs
 from sah.binder import Binder
-from sah.errors import PluginError
+from sah.errors import PluginError, first_line
 from sah.generator import Generator
 from sah.media import Modality
 
@@ -73,8 +73,7 @@ class Registry:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
+    return f"{type(exc).__name__}: {first_line(exc)}" if str(exc).strip() else type(exc).__name__
 
 
 def _allowed() -> set[str] | None:

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
-from sah.errors import SahError
+from sah.errors import SahError, first_line
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
 from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
@@ -60,9 +60,8 @@ class AnimateDiffGenerator(DiffusersVideoGenerator):
         try:
             return UNetMotionModel.from_unet2d(unet, adapter)
         except (ValueError, RuntimeError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise SahError(f"animatediff: motion adapter {adapter_id!r} does not fit the UNet of "
-                           f"{self.model!r}: {first}") from exc
+                           f"{self.model!r}: {first_line(exc)}") from exc
 
     def _check_model(self) -> None:
         longest = self.unet.config.get("motion_max_seq_length")

@@ -16,7 +16,7 @@ from typing import Any
 from sah.batch.local import OutcomeFn
 from sah.batch.state import Job
 from sah.batch.worker import Outcome, Worker
-from sah.errors import SahError
+from sah.errors import SahError, first_line
 
 INSTALL_HINT = "--ray needs Ray, which is not installed: pip install 'sah[ray]'"
 ACTOR_PREFIX = "sah-batch-"
@@ -126,5 +126,4 @@ def _dispatch(ray: Any, jobs: list[Job], on_outcome: OutcomeFn, workers: int | N
 
 
 def _one_line(exc: BaseException) -> str:
-    lines = [line for line in str(exc).splitlines() if line.strip()]
-    return lines[0].strip()[:300] if lines else type(exc).__name__
+    return first_line(exc)[:300]

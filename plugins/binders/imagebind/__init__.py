@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sah import hub
 from sah.binder import Binder
-from sah.errors import SahError
+from sah.errors import SahError, first_line
 from sah.hookspecs import hookimpl
 from sah.io import atomic_path
 from sah.media import Audio, Image, Media, Modality, Text, Video
@@ -133,9 +133,8 @@ class _Checkpoint:
                 # files in the legacy (pre-zip) format cannot be memory-mapped
                 state = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
             raise SahError(f"ImageBind checkpoint {str(path)!r} could not be read as a weights-only torch file: "
-                           f"{first}") from exc
+                           f"{first_line(exc)}") from exc
         if isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), dict):
             state = next(iter(state.values()))  # {"model": state_dict} wrappers
         if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
