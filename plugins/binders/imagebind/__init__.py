@@ -47,6 +47,10 @@ def cache_dir() -> Path:
     return base / "sah" / "imagebind"
 
 
+def _advice(url: str) -> str:
+    return f"download {url} where there is internet and pass --binder-model PATH, or put it in {cache_dir()}"
+
+
 def resolve_checkpoint(model: str) -> Path:
     """A local checkpoint file for `model` (a path, or a file name looked up in the cache)."""
     path = Path(model).expanduser()
@@ -58,8 +62,7 @@ def resolve_checkpoint(model: str) -> Path:
     if len(path.parts) == 1 and cached.is_file():
         return cached
     where = f"not found (nor in {cache_dir()})" if len(path.parts) == 1 else "does not exist"
-    raise SahError(f"ImageBind checkpoint {model!r} {where}; download {CHECKPOINT_URL} "
-                   f"where there is internet and pass --binder-model PATH, or put it in {cache_dir()}")
+    raise SahError(f"ImageBind checkpoint {model!r} {where}; {_advice(CHECKPOINT_URL)}")
 
 
 def download_checkpoint(url: str | None = None) -> Path:
@@ -69,8 +72,7 @@ def download_checkpoint(url: str | None = None) -> Path:
     target = cache_dir() / CHECKPOINT_NAME
     if target.is_file():
         return target
-    advice = (f"download {url} where there is internet and pass --binder-model PATH, or put it in "
-              f"{cache_dir()}")
+    advice = _advice(url)
     if hub.offline():
         raise SahError(f"ImageBind checkpoint {CHECKPOINT_NAME!r} is not in {cache_dir()} and HF_HUB_OFFLINE "
                        f"is set; {advice}")
