@@ -64,7 +64,8 @@ def main() -> None:
                              check=True, capture_output=True, text=True).stdout
         results[dtype] = json.loads(out.strip().splitlines()[-1])
     print(f"ImageBind huge audio+vision towers, random weights, CPU, {args.threads} threads; one embed "
-          "forward+backward of a 4 s 44.1 kHz stereo clip (3 audio clips) and an 8-frame 512x320 video "
+          "forward+backward of a 4 s 44.1 kHz stereo clip (2 audio clips of 2 s, the 'auto' default) "
+          "and an 8-frame 512x320 video "
           "(default options: 1 temporal clip x 3 crops)")
     print(f"{'dtype':<10}{'time s':>9}{'RSS after build GiB':>22}{'peak RSS GiB':>15}{'peak - build GiB':>18}"
           f"{'finite grads':>14}")

@@ -28,7 +28,7 @@ from sah.api import Models
 from sah.presets import load_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from toy_alignment import conditions, score  # noqa: E402  (the toy benchmark's inputs and oracle scoring)
+from toy_alignment import CONVENTIONS, conditions, score  # noqa: E402  (the toy benchmark's inputs and scoring)
 
 TASKS = ("v2a", "i2a", "a2v", "joint")
 
@@ -89,6 +89,9 @@ def main() -> None:
         rows: list[tuple[str, dict[str, Any]]] = [("unguided", {"run": {"steps": paper["run"]["steps"]},
                                                                "guidance": {"enabled": False}})]
         rows.append((f"paper-{task}", toy_layer(paper, None, {})))
+        # the same recipe with sah's loop conventions instead of the authors' (nudge x_t before the
+        # step, window counted as start <= i/N)
+        rows.append((f"paper-{task}, sah's loop", toy_layer(paper, None, CONVENTIONS["sah"])))
         try:
             rows.append((f"fast-{task}", toy_layer(load_preset(f"fast-{task}"), None, {})))
         except sah.SahError:

@@ -1,10 +1,12 @@
 """Toy-world alignment benchmark: does guidance make sound and picture agree, and what does it cost?
 
-For joint, V2A, A2V and I2A it prints, per update rule, the oracle's hit (or match) rate and
-validity over N samples, and the guided/unguided wall-time ratio measured in the same run.
+For joint, V2A, A2V and I2A it prints, per update rule and loop convention, the oracle's hit (or
+match) rate and validity over N samples, and the guided/unguided wall-time ratio measured in the
+same run.
 
     python benchmarks/toy_alignment.py                 # 200 samples, 50 DDIM steps
     python benchmarks/toy_alignment.py --samples 50 --tasks v2a a2v
+    python benchmarks/toy_alignment.py --rules unguided adam --conventions sah authors
 """
 
 from __future__ import annotations
@@ -24,6 +26,12 @@ RULES = {
     "adam": {"optimizer": "adam", "lr": 0.1},        # the paper's update: fresh Adam per step, lr 0.1
     "ngd-0.03": {"optimizer": "ngd", "lr": 0.03},    # the prototype's fixed-size step
     "ngd-0.1": {"optimizer": "ngd", "lr": 0.1},      # as far per step as Adam's first step, along the gradient
+}
+
+#: Where the nudge acts and how the window counts: sah's defaults, and the authors' released V2A code.
+CONVENTIONS = {
+    "sah": {"nudge": "current", "window": "progress"},
+    "authors": {"nudge": "stepped", "window": "after"},
 }
 
 
@@ -59,6 +67,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="+", default=["joint", "v2a", "a2v", "i2a"])
     parser.add_argument("--rules", nargs="+", default=list(RULES))
+    parser.add_argument("--conventions", nargs="+", default=["sah"], choices=list(CONVENTIONS))
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = parser.parse_args()
     if args.threads:
@@ -66,16 +75,19 @@ def main() -> None:
 
     print(f"toy alignment: {args.samples} samples, DDIM {args.steps} steps, guidance from 20 % of steps, "
           f"1 optimisation step; hit = oracle class agrees (joint: audio and video agree)\n")
-    print("| task | rule | hit / match | valid | wall s | guided / unguided time |")
-    print("|---|---|---|---|---|---|")
+    print("| task | rule | convention | hit / match | valid | wall s | guided / unguided time |")
+    print("|---|---|---|---|---|---|---|")
     for task in args.tasks:
         classes, condition = conditions(task, args.samples, args.seed + 1)
         base = {"run": {"task": task, "steps": args.steps, "num_samples": args.samples, "seed": args.seed,
                         "device": "cpu"}}
         models = None
         unguided_time = None
-        for rule in args.rules:
-            plan = sah.plan(base, {"guidance": RULES[rule]}, condition=condition)
+        runs = [(rule, c) for rule in args.rules
+                for c in (["-"] if rule == "unguided" else args.conventions)]
+        for rule, convention in runs:
+            guidance = {**RULES[rule], **CONVENTIONS.get(convention, {})}
+            plan = sah.plan(base, {"guidance": guidance}, condition=condition)
             if models is None:  # load once per task; every rule shares the same weights
                 models = sah.load(sah.plan(base, condition=condition))
             binder = models.binder if plan.binder is not None else None
@@ -86,7 +98,8 @@ def main() -> None:
                 unguided_time = seconds
             hit, valid = score(task, classes, result)
             ratio = f"{seconds / unguided_time:.2f}×" if unguided_time and rule != "unguided" else "1"
-            print(f"| {task} | {rule} | {hit:.3f} | {valid:.3f} | {seconds:.1f} | {ratio} |", flush=True)
+            print(f"| {task} | {rule} | {convention} | {hit:.3f} | {valid:.3f} | {seconds:.1f} | {ratio} |",
+                  flush=True)
 
 
 if __name__ == "__main__":

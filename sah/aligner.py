@@ -1,11 +1,16 @@
 """The diffusion latent aligner: one guidance loop for every task.
 
-One or two generators are stepped in lockstep. Inside the guidance window, before each
-scheduler step, the latent is nudged to lower a weighted sum of `1 - cos` terms between binder
-embeddings of the decoded clean-sample estimate x̂0 and its targets (a condition, the other
-generated modality, the prompt). The noise prediction is held fixed: the gradient flows through
-`predict_x0` and `decode` into the binder, never through the denoiser (except into the prompt
-embeddings when guided prompt tuning is on, as in the paper).
+One or two generators are stepped in lockstep. Inside the guidance window the latent is nudged
+to lower a weighted sum of `1 - cos` terms between binder embeddings of the decoded clean-sample
+estimate x̂0 and its targets (a condition, the other generated modality, the prompt). The noise
+prediction is held fixed: the gradient flows through `predict_x0` and `decode` into the binder,
+never through the denoiser (except into the prompt embeddings when guided prompt tuning is on, as
+in the paper).
+
+Where the nudge acts is a setting (`nudge`): on the current latent x_{t_i} before the scheduler
+step ("current", x̂0 at the latent's own noise level), or, as the authors' released code does, on
+the stepped latent x_{t_{i+1}} after it ("stepped", x̂0 from ᾱ_{t_i} and ε_i of the step just taken,
+so the last update follows the final step). How the window is counted is another (`window`).
 
 Update rules are plain functions `rule(z, g, state, lr) -> z`; `state` is a fresh dict at every
 denoising step, which makes `adam` the paper's "new Adam per step".
@@ -27,7 +32,7 @@ from torch import Tensor
 from sah.binder import Binder
 from sah.config import DEFAULTS
 from sah.errors import PluginError, SahError, plugin_failure
-from sah.generator import GenerationRequest, Generator, Trajectory
+from sah.generator import GenerationRequest, Generator, Trajectory, fit_duration
 from sah.media import Audio, Modality, Video
 
 UpdateRule = Callable[[Tensor, Tensor, dict, float], Tensor]
@@ -86,6 +91,8 @@ class GuidanceSettings:
     enabled: bool = _DEFAULTS["enabled"]
     start: float = _DEFAULTS["start"]
     end: float = _DEFAULTS["end"]
+    nudge: str = _DEFAULTS["nudge"]
+    window: str = _DEFAULTS["window"]
     optimizer: str = _DEFAULTS["optimizer"]
     lr: dict[str, float] = field(default_factory=lambda: dict(_DEFAULTS["lr"]))
     opt_steps: int = _DEFAULTS["opt_steps"]
@@ -99,9 +106,14 @@ class GuidanceSettings:
         return cls(**{k: v for k, v in guidance.items() if k in keys})
 
     def guides(self, index: int, num_steps: int) -> bool:
-        """Whether step `index` of `num_steps` lies in the window [start, end) of progress."""
-        progress = index / num_steps
-        return self.enabled and self.start <= progress < self.end
+        """Whether step `index` of `num_steps` is guided: `start <= index/num_steps < end` for the
+        "progress" window; for "after", the released code's count, `index > int(start·num_steps)`
+        (30 steps from 0.2: 23 guided, not 24) and the same end."""
+        if not self.enabled or not index / num_steps < self.end:
+            return False
+        if self.window == "after":
+            return index > int(self.start * num_steps)
+        return self.start <= index / num_steps
 
 
 @dataclass
@@ -118,6 +130,7 @@ class _Stream:
     trajectory: Trajectory
     latents: Tensor
     noise_pred: Tensor | None = None
+    noise_input: Tensor | None = None  # the latent `noise_pred` was predicted from
     embedding: Tensor | None = None  # binder embedding of the latest x̂0, detached
     frames: list[int] | None = None
 
@@ -208,10 +221,13 @@ def align(
             raise KeyboardInterrupt
         for modality, index in tick.items():
             stream = streams[modality]
+            stream.noise_input = stream.latents
             with torch.no_grad(), plugin_call(stream.generator, "predict_noise"):
                 stream.noise_pred = stream.generator.predict_noise(stream.trajectory, stream.latents, index)
         guided = [m for m, i in tick.items()
                   if settings.guides(i, streams[m].num_steps) and any(_involves(t, m) for t in terms)]
+        if settings.nudge == "stepped":
+            _step(streams, tick)
         if guided:
             record = _guide(streams, guided, tick, binder, terms, targets, settings, update, warn_skip)
             record.update(tick=tick_no, progress=float(max(Fraction(i + 1, streams[m].num_steps)
@@ -219,14 +235,8 @@ def align(
                           steps={m.value: i for m, i in tick.items()})
             trace.append(record)
             last = {name: float(sum(v) / len(v)) for name, v in record["similarity"].items()}
-        for modality, index in tick.items():
-            stream = streams[modality]
-            with torch.no_grad(), plugin_call(stream.generator, "step"):
-                stream.latents = stream.generator.step(stream.trajectory, stream.latents, stream.noise_pred, index)
-            if not _finite(stream.latents):
-                # guidance never applies a non-finite update, so this came from the denoiser or scheduler
-                raise PluginError(f"generator {stream.generator.name!r} produced non-finite latents at step "
-                                  f"{index + 1} of {stream.num_steps} (with float16, try --dtype float32)")
+        if settings.nudge == "current":
+            _step(streams, tick)
         if on_step is not None:
             on_step(tick_no + 1, len(ticks), last)
 
@@ -234,9 +244,22 @@ def align(
     with torch.no_grad():
         for modality, stream in streams.items():
             with plugin_call(stream.generator, "decode"):
-                media[modality] = stream.generator.decode(stream.latents)
+                decoded = stream.generator.decode(stream.latents, trajectory=stream.trajectory)
+                media[modality] = fit_duration(decoded, stream.trajectory.duration)
         final = _final_similarity(media, binder, terms, targets)
     return AlignResult(media, {m: s.latents for m, s in streams.items()}, trace, final)
+
+
+def _step(streams: dict[Modality, _Stream], tick: dict[Modality, int]) -> None:
+    """The scheduler step of each stream on this tick."""
+    for modality, index in tick.items():
+        stream = streams[modality]
+        with torch.no_grad(), plugin_call(stream.generator, "step"):
+            stream.latents = stream.generator.step(stream.trajectory, stream.latents, stream.noise_pred, index)
+        if not _finite(stream.latents):
+            # guidance never applies a non-finite update, so this came from the denoiser or scheduler
+            raise PluginError(f"generator {stream.generator.name!r} produced non-finite latents at step "
+                              f"{index + 1} of {stream.num_steps} (with float16, try --dtype float32)")
 
 
 def _involves(term: Term, modality: Modality) -> bool:
@@ -263,12 +286,14 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
                 trajectory.prompt_embeds = trajectory.prompt_embeds.detach().requires_grad_(True)
                 prompts[modality] = trajectory.prompt_embeds
                 with torch.enable_grad(), plugin_call(generator, "predict_noise"):
-                    noise_pred = generator.predict_noise(trajectory, stream.latents.detach(), index)
+                    noise_pred = generator.predict_noise(trajectory, stream.noise_input.detach(), index)
             with torch.enable_grad():
                 with plugin_call(generator, "predict_x0"):
                     x0 = generator.predict_x0(trajectory, leaves[modality], noise_pred, index)
                 with plugin_call(generator, "decode"):
-                    decoded = generator.decode(x0, frames=stream.frames)
+                    decoded = generator.decode(x0, frames=stream.frames, trajectory=trajectory)
+                if not generator.guide_whole_decode:
+                    decoded = fit_duration(decoded, trajectory.duration)
                 with plugin_call(binder, "embed"):
                     embedding = binder.embed(decoded)
             embeddings[modality.value] = embedding

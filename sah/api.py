@@ -278,6 +278,19 @@ def _embed_targets(plan: RunPlan, binder: Binder | None, prompts: list[str]) -> 
     return targets
 
 
+def output_duration(config: dict[str, Any], condition: Media | None) -> float | None:
+    """Seconds the run's output lasts: `run.duration` if set, else the condition's length (rounded
+    up to whole seconds with `run.whole_seconds`), else None: the generator's own default."""
+    run = config["run"]
+    if run["duration"] > 0:
+        return float(run["duration"])
+    seconds = getattr(condition, "duration", None)
+    if not seconds:
+        return None
+    # rounded first so that 4.0 s read back as 4.000000001 s is not rounded up to 5
+    return float(math.ceil(round(seconds, 6))) if run["whole_seconds"] else float(seconds)
+
+
 def generate(plan: RunPlan, models: Models | None = None, progress: ProgressFn | None = None,
              should_stop: Callable[[], bool] | None = None, prompts: Sequence[str] | None = None) -> RunResult:
     """Sample `run.num_samples` outputs for a plan. `prompts` may give one prompt per sample."""
@@ -288,12 +301,13 @@ def generate(plan: RunPlan, models: Models | None = None, progress: ProgressFn |
     n = run["num_samples"]
     prompts = list(prompts) if prompts is not None else [run["prompt"]] * n
     seeds = [run["seed"] + i for i in range(n)]
+    duration = output_duration(config, plan.condition)
     requests = {}
     for modality in task.generates:
         section = config[modality.value]
         requests[modality] = GenerationRequest(
             prompts=prompts, seeds=seeds, negative_prompt=run["negative_prompt"],
-            num_steps=section["steps"] or run["steps"], cfg_scale=section["cfg_scale"])
+            num_steps=section["steps"] or run["steps"], cfg_scale=section["cfg_scale"], duration=duration)
     result = align(models.generators, requests, models.binder, plan.terms,
                    _embed_targets(plan, models.binder, prompts),
                    GuidanceSettings.from_config(config["guidance"]), on_step=progress, should_stop=should_stop)
@@ -368,7 +382,6 @@ def _sample_files(written: list[Path], paths: dict[str, Path]) -> Any:
 def _save_sample(result: RunResult, sample: Sample, paths: dict[str, Path], condition: Media | None,
                  overwrite: bool, written: list[Path], package_versions: dict[str, str]) -> None:
     """`condition` is this sample's own item of the plan's condition."""
-    plan = result.plan
     condition_audio = condition if isinstance(condition, Audio) else getattr(condition, "audio", None)
     if "wav" in paths and sample.audio is not None:
         io.write_wav(paths["wav"], sample.audio, overwrite=overwrite)
@@ -376,8 +389,8 @@ def _save_sample(result: RunResult, sample: Sample, paths: dict[str, Path], cond
     if "mp4" in paths:
         video = sample.video if sample.video is not None else condition
         track = sample.audio if sample.audio is not None else condition_audio
-        if track is not None and sample.video is not None and plan.task.condition == Modality.AUDIO:
-            track = _trim(track, video.duration)
+        if track is not None and video is not None:
+            track = _trim(track, video.duration)  # the mp4 ends with its picture
         io.write_mp4(paths["mp4"], video, track, overwrite=overwrite)
         written.append(paths["mp4"])
     if "png" in paths:

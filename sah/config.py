@@ -24,6 +24,8 @@ from sah.errors import ConfigError
 TASKS = ("auto", "joint", "v2a", "a2v", "i2a", "t2a", "t2v")
 DTYPES = ("float32", "float16", "bfloat16")
 OPTIMIZERS = ("adam", "sgd", "ngd")
+NUDGES = ("current", "stepped")
+WINDOWS = ("progress", "after")
 FORMATS = ("wav", "mp4", "json")
 WEIGHT_TERMS = ("condition", "pair", "text")
 
@@ -39,6 +41,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "num_samples": 1,
         "device": "auto",
         "dtype": "float32",
+        # seconds of output; 0: as long as the condition (V2A: the video), else the generator's own default
+        "duration": 0.0,
+        # round a duration taken from the condition up to whole seconds (the authors' V2A code)
+        "whole_seconds": False,
     },
     # max_seconds: a condition is read up to this many seconds (0: whole file), so a long input costs
     # memory and binder time for that window only
@@ -50,6 +56,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "enabled": True,
         "start": 0.2,
         "end": 1.0,
+        # which latent is nudged: "current" (x_t before the scheduler step, x̂0 at its own noise
+        # level) or "stepped" (the authors' code: the stepped latent, x̂0 with ᾱ and ε of the step taken)
+        "nudge": "current",
+        # how start/end count: "progress" (start <= i/N < end) or "after" (the authors': i > int(start·N))
+        "window": "progress",
         # The paper's rule. On the toy world it is the one rule that meets every target
         # (benchmarks/toy_alignment.py); real video latents want a smaller video lr (presets).
         "optimizer": "adam",
@@ -139,7 +150,16 @@ def _check_type(path: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _check_section(name: str, given: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+def _scalar(value: Any) -> bool:
+    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
+
+
+
+def _check_section(name: str, given: dict[str, Any], defaults: dict[str, Any],
+                   plugin_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """`plugin_keys` are a plugin's own options, which may mix a word and a number: `audio_clips = 4`
+    where the default is "auto", `video_crops = "squash"` where it is 3. The plugin's
+    `check_options` judges those values."""
     if not isinstance(given, dict):
         raise ConfigError(f"config section '[{name}]' must be a table, got {given!r}")
     out = copy.deepcopy(defaults)
@@ -155,6 +175,9 @@ def _check_section(name: str, given: dict[str, Any], defaults: dict[str, Any]) -
                 if sub not in default:
                     raise _unknown(f"{path}.", sub, list(default))
                 out[key][sub] = _check_type(f"{path}.{sub}", subvalue, default[sub])
+        elif key in plugin_keys and _scalar(value) and (isinstance(default, str) or (
+                isinstance(value, str) and isinstance(default, int) and not isinstance(default, bool))):
+            out[key] = value
         else:
             out[key] = _check_type(path, value, default)
     return out
@@ -181,6 +204,7 @@ def resolve(*layers: dict[str, Any], registry: Any = None) -> dict[str, Any]:
             raise _unknown("", section, list(DEFAULTS))
 
     defaults = default_config()
+    plugin_keys: dict[str, frozenset[str]] = {}
     if registry is not None:
         for section, key in PLUGIN_SECTIONS.items():
             table = given.get(section, {})
@@ -194,8 +218,10 @@ def resolve(*layers: dict[str, Any], registry: Any = None) -> dict[str, Any]:
 
                 cls = registry.generator(name, Modality(section))
             defaults[section] = {**defaults[section], **copy.deepcopy(cls.options)}
+            plugin_keys[section] = frozenset(cls.options) - set(DEFAULTS[section])
 
-    config = {name: _check_section(name, given.get(name, {}), defaults[name]) for name in DEFAULTS}
+    config = {name: _check_section(name, given.get(name, {}), defaults[name], plugin_keys.get(name, frozenset()))
+              for name in DEFAULTS}
     _check_values(config)
     return config
 
@@ -214,6 +240,8 @@ def _check_values(config: dict[str, Any]) -> None:
     need(run["steps"] >= 1, f"run.steps must be at least 1, got {run['steps']}")
     need(run["num_samples"] >= 1, f"run.num_samples must be at least 1, got {run['num_samples']}")
     need(run["seed"] >= 0, f"run.seed must be non-negative, got {run['seed']}")
+    need(math.isfinite(run["duration"]) and run["duration"] >= 0,
+         f"run.duration must be seconds >= 0 (0: as long as the condition), got {run['duration']}")
     need(math.isfinite(config["input"]["max_seconds"]) and config["input"]["max_seconds"] >= 0,
          f"input.max_seconds must be a finite number >= 0 (0: no limit), got {config['input']['max_seconds']}")
     for section in ("audio", "video"):
@@ -221,6 +249,10 @@ def _check_values(config: dict[str, Any]) -> None:
         need(math.isfinite(config[section]["cfg_scale"]), f"{section}.cfg_scale must be finite")
     need(guidance["optimizer"] in OPTIMIZERS,
          f"guidance.optimizer must be one of {', '.join(OPTIMIZERS)}, got {guidance['optimizer']!r}")
+    need(guidance["nudge"] in NUDGES,
+         f"guidance.nudge must be one of {', '.join(NUDGES)}, got {guidance['nudge']!r}")
+    need(guidance["window"] in WINDOWS,
+         f"guidance.window must be one of {', '.join(WINDOWS)}, got {guidance['window']!r}")
     need(0.0 <= guidance["start"] <= guidance["end"] <= 1.0,
          f"guidance.start and guidance.end must satisfy 0 <= start <= end <= 1, "
          f"got {guidance['start']} and {guidance['end']}")

@@ -21,19 +21,25 @@ from sah.media import Audio, Modality, Video
 
 @dataclass
 class GenerationRequest:
-    """What to generate: one prompt and one seed per sample in the batch."""
+    """What to generate: one prompt and one seed per sample in the batch.
+
+    `duration` is this run's output length in seconds; None leaves it to the generator (its own
+    configured default). A generator that has a length honours it up to `max_duration`."""
 
     prompts: list[str]
     seeds: list[int]
     negative_prompt: str = ""
     num_steps: int = 50
     cfg_scale: float = 1.0
+    duration: float | None = None
 
     def __post_init__(self) -> None:
         if len(self.prompts) != len(self.seeds):
             raise ValueError("GenerationRequest needs one prompt per seed")
         if self.num_steps < 1:
             raise ValueError(f"num_steps must be at least 1, got {self.num_steps}")
+        if self.duration is not None and not self.duration > 0:
+            raise ValueError(f"duration must be positive seconds, got {self.duration}")
 
     @property
     def batch_size(self) -> int:
@@ -48,13 +54,16 @@ class Trajectory:
     lists the scheduler timesteps in the order they are used. `prompt_embeds` is the conditioning
     tensor a generator exposes for guided prompt tuning (None if it does not); the aligner may
     replace it with an updated tensor between steps. `state` is the backend's own (scheduler,
-    negative-prompt embeddings, ...).
+    negative-prompt embeddings, ...). `duration` is the length in seconds the run's output is cut
+    to (None: all that `decode` gives): a decode may give more, e.g. a vocoder's padding or a
+    latent rounded up to whole frames.
     """
 
     latents: Tensor
     timesteps: Tensor
     prompt_embeds: Tensor | None = None
     state: dict[str, Any] = field(default_factory=dict)
+    duration: float | None = None
 
     @property
     def num_steps(self) -> int:
@@ -82,6 +91,12 @@ class Generator(Component):
     supports_prompt_tuning: ClassVar[bool] = False
     #: `decode(latents, frames=...)` decodes only those frames (video generators).
     supports_frame_subset: ClassVar[bool] = False
+    #: The longest output one run can make, in seconds (None: no limit the generator knows of).
+    max_duration: ClassVar[float | None] = None
+    #: During guidance the binder sees all that `decode` gives, not only the run's `duration`
+    #: (the Seeing-and-Hearing authors embed the vocoder's whole output). Plugins may set it per
+    #: instance from an option.
+    guide_whole_decode: bool = False
 
     @abstractmethod
     def prepare(self, request: GenerationRequest) -> Trajectory:
@@ -103,9 +118,12 @@ class Generator(Component):
         """The clean-sample estimate for `latents` at step `index`, differentiable in `latents`."""
 
     @abstractmethod
-    def decode(self, latents: Tensor, frames: Sequence[int] | None = None) -> Audio | Video:
+    def decode(self, latents: Tensor, frames: Sequence[int] | None = None,
+               trajectory: Trajectory | None = None) -> Audio | Video:
         """Latents to media, differentiable. `frames` (only when `supports_frame_subset`) limits a
-        video decode to those frame indices; the returned Video then has `frame_indices` set."""
+        video decode to those frame indices; the returned Video then has `frame_indices` set.
+        `trajectory` is the run's (None outside a run): audio must last at least its `duration`
+        and may run past it, e.g. by a vocoder's padding; the aligner cuts it (`fit_duration`)."""
 
     def denoise_step(self, trajectory: Trajectory, latents: Tensor, index: int) -> tuple[Tensor, Tensor]:
         """One unguided denoising step: `(noise_pred, next_latents)`."""
@@ -121,16 +139,27 @@ class Generator(Component):
         return None
 
 
+def fit_duration(media: Audio | Video, seconds: float | None) -> Audio | Video:
+    """Audio cut to `int(seconds · rate)` samples, as diffusers' audio pipelines cut theirs; video
+    and `seconds=None` pass unchanged."""
+    if seconds is None or not isinstance(media, Audio):
+        return media
+    keep = max(1, int(seconds * media.sample_rate))
+    return media if media.num_samples <= keep else Audio(media.waveform[..., :keep], media.sample_rate)
+
+
 def predict_x0_from_scheduler(scheduler: Any, latents: Tensor, noise_pred: Tensor, timestep: Tensor | int) -> Tensor:
     """x̂0 for a diffusers-style scheduler with `alphas_cumprod` and `config.prediction_type`,
     using ᾱ of the timestep the latent is at (not the next one)."""
-    alphas = scheduler.alphas_cumprod.to(device=latents.device, dtype=torch.float32)
+    # at least float32 (float16 latents would lose the small ᾱ of early steps); float64 stays float64
+    dtype = torch.promote_types(latents.dtype, torch.float32)
+    alphas = scheduler.alphas_cumprod.to(device=latents.device, dtype=dtype)
     alpha_bar = alphas[int(timestep)]
     shape = (1,) * latents.ndim
     a = alpha_bar.sqrt().reshape(shape)
     s = (1 - alpha_bar).sqrt().reshape(shape)
-    z = latents.float()
-    eps = noise_pred.float()
+    z = latents.to(dtype)
+    eps = noise_pred.to(dtype)
     kind = scheduler.config.prediction_type
     if kind == "epsilon":
         x0 = (z - s * eps) / a

@@ -56,7 +56,7 @@ class DummyAudio(_Base):
     description = "test audio generator"
     supports_prompt_tuning = True
 
-    def decode(self, latents, frames=None):
+    def decode(self, latents, frames=None, trajectory=None):
         self.calls["decode"] += 1
         return Audio((latents @ _basis()).unsqueeze(1) * 0.1, RATE)
 
@@ -67,7 +67,7 @@ class DummyVideo(_Base):
     supports_frame_subset = True
     options = {"brightness": 0.5}
 
-    def decode(self, latents, frames=None):
+    def decode(self, latents, frames=None, trajectory=None):
         self.calls["decode"] += 1
         idx = list(range(FRAMES)) if frames is None else list(frames)
         # frame f shows latent dim (f mod D) as a uniform grey level, so frames are distinguishable

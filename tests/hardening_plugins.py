@@ -46,7 +46,7 @@ class FailsInDecode(ToyAudioGenerator):
 
     name: ClassVar[str] = "fails-in-decode"
 
-    def decode(self, latents: torch.Tensor, frames: Any = None) -> Audio:
+    def decode(self, latents: torch.Tensor, frames: Any = None, trajectory: Any = None) -> Audio:
         self.decodes = getattr(self, "decodes", 0) + 1
         if self.decodes > 3:
             raise IndexError("vocoder window out of range")

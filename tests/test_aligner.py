@@ -128,3 +128,118 @@ def test_clip_limits_gradient_norm():
         results.append(r.latents[A])
     base = align({A: DummyAudio()}, {A: request()}, settings=GuidanceSettings(enabled=False)).latents[A]
     assert (results[1] - base).abs().max() < 1e-4 < (results[0] - base).abs().max()
+
+
+def test_window_counts_as_configured():
+    """The released code guides i > int(0.2·N): 23 of 30 steps; sah's progress window 0.2 <= i/N: 24."""
+    progress, after = GuidanceSettings(start=0.2), GuidanceSettings(start=0.2, window="after")
+    assert [i for i in range(30) if progress.guides(i, 30)] == list(range(6, 30))
+    assert [i for i in range(30) if after.guides(i, 30)] == list(range(7, 30))
+    assert [i for i in range(10) if after.guides(i, 10)] == list(range(3, 10))
+    assert [i for i in range(10) if GuidanceSettings(start=0.2, end=0.8, window="after").guides(i, 10)] == \
+        [3, 4, 5, 6, 7]
+
+
+@pytest.mark.parametrize("nudge", ["current", "stepped"])
+def test_nudge_acts_where_configured(nudge):
+    """Only the last step guided, sgd: the final latent, computed by hand from the DDIM formulas.
+    "current" nudges x_t and then steps; "stepped" steps, then nudges the stepped latent with x̂0
+    from ᾱ and ε of the step just taken (the authors' two noise levels)."""
+    gen, binder = DummyAudio(), DummyBinder()
+    target = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    settings = GuidanceSettings(start=0.9, optimizer="sgd", lr={"audio": 3.0}, nudge=nudge)
+    out = align({A: gen}, {A: request(steps=10)}, binder, [Term(A, "condition")], {"condition": target}, settings)
+
+    traj = gen.prepare(request(steps=10))
+    z = traj.latents
+    for i in range(9):
+        _, z = gen.denoise_step(traj, z, i)
+    scheduler, t = traj.state["scheduler"], int(traj.timesteps[9])
+    eps = gen.predict_noise(traj, z, 9)
+    a_t = scheduler.alphas_cumprod[t]
+    a_prev = scheduler.final_alpha_cumprod  # DDIM's last step goes to ᾱ = final_alpha_cumprod
+
+    def loss_grad(latent: torch.Tensor) -> torch.Tensor:
+        latent = latent.detach().requires_grad_(True)
+        x0 = (latent - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+        embedding = binder.embed(gen.decode(x0))
+        loss = (1 - torch.nn.functional.cosine_similarity(embedding, target)).sum()
+        return torch.autograd.grad(loss, latent)[0]
+
+    def ddim(latent: torch.Tensor) -> torch.Tensor:
+        x0 = ((latent - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)  # DDIMScheduler's clip_sample
+        return a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
+
+    if nudge == "current":
+        expected = ddim(z - 3.0 * loss_grad(z))
+    else:
+        stepped = ddim(z)
+        expected = stepped - 3.0 * loss_grad(stepped)
+    torch.testing.assert_close(out.latents[A], expected, rtol=1e-5, atol=1e-6)
+    # the two differ by far more than the tolerance, so the test tells them apart
+    assert (ddim(z - 3.0 * loss_grad(z)) - (ddim(z) - 3.0 * loss_grad(ddim(z)))).abs().max() > 1e-2
+
+
+def test_recorded_loss_is_the_weighted_sum_of_the_recorded_similarities():
+    gen, binder = DummyAudio(), DummyBinder()
+    terms = [Term(A, "condition", 0.3), Term(A, "text", 2.0)]
+    targets = {"condition": torch.tensor([[1.0, -1.0, 1.0, -1.0]]), "text": torch.ones(1, 4)}
+    out = align({A: gen}, {A: request(steps=5)}, binder, terms, targets, GuidanceSettings(start=0.0))
+    assert len(out.trace) == 5
+    for record in out.trace:
+        sims = record["similarity"]
+        for i, loss in enumerate(record["loss"]):
+            expected = 0.3 * (1 - sims["audio~condition"][i]) + 2.0 * (1 - sims["audio~text"][i])
+            assert loss == pytest.approx(expected, rel=1e-6)
+        # and the similarities are the binder's cosine of x̂0's embedding, not another number
+    z = torch.randn(2, 4)
+    assert torch.allclose(binder.similarity(z, targets["text"]),
+                          torch.nn.functional.cosine_similarity(z, targets["text"]))
+
+
+class _CurvedAudio(DummyAudio):
+    """The dummy with a denoiser that is non-linear in the latent, so a latent gradient leaking
+    through it would change the update."""
+
+    def predict_noise(self, trajectory, latents, index):
+        return super().predict_noise(trajectory, latents, index) + 0.3 * torch.tanh(latents * trajectory.prompt_embeds
+                                                                                      + latents ** 2)
+
+
+def test_prompt_tuning_moves_the_latent_by_the_fixed_noise_gradient_only():
+    """With prompt tuning on and the latent's lr above 0: the latent's step uses ∂L/∂z with ε held
+    fixed, the prompt's ∂L/∂y through the denoiser (as the paper says), computed here by hand."""
+    gen, binder = _CurvedAudio(), DummyBinder()
+    target = {"text": torch.tensor([[1.0, -1.0, 1.0, -1.0]])}
+    settings = GuidanceSettings(start=0.9, optimizer="sgd", lr={"audio": 2.0}, prompt_tuning=True, prompt_lr=0.7)
+    prepared = []
+    gen.prepare = lambda request, prepare=gen.prepare: prepared.append(prepare(request)) or prepared[-1]
+    out = align({A: gen}, {A: request(steps=10)}, binder, [Term(A, "text")], target, settings)
+    del gen.prepare
+
+    traj = gen.prepare(request(steps=10))
+    z = traj.latents
+    for i in range(9):
+        _, z = gen.denoise_step(traj, z, i)
+    y = traj.prompt_embeds.clone()
+
+    def loss(latent, eps):
+        x0 = gen.predict_x0(traj, latent, eps, 9)
+        return (1 - binder.similarity(binder.embed(gen.decode(x0)), target["text"])).sum()
+
+    leaf = z.detach().requires_grad_(True)
+    with torch.no_grad():
+        eps_fixed = gen.predict_noise(traj, z, 9)
+    (g_z,) = torch.autograd.grad(loss(leaf, eps_fixed), leaf)
+    y_leaf = y.detach().requires_grad_(True)
+    traj.prompt_embeds = y_leaf
+    (g_y,) = torch.autograd.grad(loss(z, gen.predict_noise(traj, z, 9)), y_leaf)
+    traj.prompt_embeds = y
+    # the scheduler's last step uses the noise predicted before the prompt moved
+    expected = gen.step(traj, z - 2.0 * g_z, eps_fixed, 9)
+    torch.testing.assert_close(out.latents[A], expected, rtol=1e-5, atol=1e-6)
+    # a latent gradient through the denoiser would differ by more than the tolerance
+    (g_through,) = torch.autograd.grad(loss(leaf, gen.predict_noise(traj, leaf, 9)), leaf)
+    assert (g_through - g_z).abs().max() > 1e-3
+    torch.testing.assert_close(prepared[0].prompt_embeds, y - 0.7 * g_y, rtol=1e-5, atol=1e-6)
+    assert g_y.abs().max() > 1e-3  # the prompt did move, so its update is exercised

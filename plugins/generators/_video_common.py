@@ -260,7 +260,8 @@ class DiffusersVideoGenerator(Generator):
 
     # -- decoding ---------------------------------------------------------------------------
 
-    def decode(self, latents: Tensor, frames: Sequence[int] | None = None) -> Video:
+    def decode(self, latents: Tensor, frames: Sequence[int] | None = None,
+               trajectory: Trajectory | None = None) -> Video:
         """Latents `[B, C, F, h, w]` to frames `[B, F, 3, H, W]` in [0, 1], differentiably. With
         `frames`, only those frames go through the VAE (it works frame by frame, so they equal the
         same frames of a full decode); each distinct frame is decoded once."""

@@ -81,7 +81,10 @@ class AudioLDMGenerator(Generator):
     default_model: ClassVar[str | None] = "cvssp/audioldm-s-full-v2"
     options: ClassVar[dict[str, Any]] = {
         "cfg_scale": 2.5,       # AudioLDMPipeline's default guidance scale
-        "duration": 5.0,        # seconds of audio
+        "duration": 5.0,        # seconds of audio when the run does not say (V2A: the video's length)
+        # the binder sees the vocoder's whole output during guidance (S·hop + 32 samples for the
+        # released vocoder), as the authors' V2A code does, not the run's length
+        "guide_whole_waveform": False,
         "scheduler": "ddim",    # a key of SCHEDULERS or a diffusers class name listed there
         "cpu_offload": False,   # keep only the model in use on the accelerator
         "decode_chunk": 0.0,    # seconds decoded at a time by VAE + vocoder (0 = all at once)
@@ -106,6 +109,7 @@ class AudioLDMGenerator(Generator):
 
         super().__init__(model, device, dtype, **options)
         self.duration = float(self.config["duration"])
+        self.guide_whole_decode = bool(self.config["guide_whole_waveform"])
         self.scheduler_cls = resolve_scheduler(str(self.config["scheduler"]))
         self.offload = bool(self.config["cpu_offload"]) and self.device.type != "cpu"
         home = torch.device("cpu") if self.offload else self.device
@@ -129,24 +133,27 @@ class AudioLDMGenerator(Generator):
         self.vae_scale_factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
         self.sample_rate = int(self.vocoder.config.sampling_rate)
         self.hop = int(math.prod(self.vocoder.config.upsample_rates))  # waveform samples per mel frame
-        seconds_per_frame = self.hop / self.sample_rate
-        shortest = seconds_per_frame * self.vae_scale_factor
-        if self.duration < shortest:
-            raise SahError(f"audioldm: audio.duration must be at least {shortest:g} s for this model, "
-                           f"got {self.duration:g}")
-        mel_bins = int(self.vocoder.config.model_in_dim)
-        if mel_bins % self.vae_scale_factor:
-            raise SahError(f"audioldm: the vocoder's {mel_bins} mel bins are not divisible by the VAE scale "
+        self.mel_bins = int(self.vocoder.config.model_in_dim)
+        if self.mel_bins % self.vae_scale_factor:
+            raise SahError(f"audioldm: the vocoder's {self.mel_bins} mel bins are not divisible by the VAE scale "
                            f"factor {self.vae_scale_factor}; the model folder is inconsistent")
-        mel_frames = int(self.duration / seconds_per_frame)
-        mel_frames = math.ceil(mel_frames / self.vae_scale_factor) * self.vae_scale_factor
-        self.num_samples = int(self.duration * self.sample_rate)  # the waveform is cut back to this
-        self.latent_shape = (int(self.unet.config.in_channels), mel_frames // self.vae_scale_factor,
-                             mel_bins // self.vae_scale_factor)
+        self.latent_shape = self.latent_shape_for(self.duration)
         chunk = float(self.config["decode_chunk"])
         frames_per_second = self.sample_rate / (self.hop * self.vae_scale_factor)
         self.chunk_frames = max(1, round(chunk * frames_per_second)) if chunk > 0 else 0
         self.chunk_context = _CHUNK_CONTEXT_FRAMES
+
+    def latent_shape_for(self, duration: float) -> tuple[int, int, int]:
+        """The latent `(channels, frames, bins)` for `duration` seconds: AudioLDMPipeline's mapping,
+        mel frames rounded up to a whole latent frame (the waveform is cut back afterwards)."""
+        seconds_per_frame = self.hop / self.sample_rate
+        shortest = seconds_per_frame * self.vae_scale_factor
+        if duration < shortest:
+            raise SahError(f"audioldm: the audio must last at least {shortest:g} s for this model, got {duration:g}")
+        mel_frames = int(duration / seconds_per_frame)
+        mel_frames = math.ceil(mel_frames / self.vae_scale_factor) * self.vae_scale_factor
+        return (int(self.unet.config.in_channels), mel_frames // self.vae_scale_factor,
+                self.mel_bins // self.vae_scale_factor)
 
     # -- placement -------------------------------------------------------------------------------
 
@@ -184,7 +191,9 @@ class AudioLDMGenerator(Generator):
             raise SahError(f"audioldm: scheduler {self.config['scheduler']!r} cannot run {request.num_steps} "
                            f"steps: {exc}") from exc
         # Latents stay float32 between steps whatever the model dtype; only the UNet input is cast.
-        noise = seeded_noise(self.latent_shape, request.seeds, device=self.device)
+        duration = self.duration if request.duration is None else float(request.duration)
+        shape = self.latent_shape_for(duration)
+        noise = seeded_noise(shape, request.seeds, device=self.device)
         latents = noise * scheduler.init_noise_sigma
         step_kwargs: dict[str, Any] = {}
         if "generator" in inspect.signature(scheduler.step).parameters:
@@ -192,11 +201,11 @@ class AudioLDMGenerator(Generator):
             # its initial noise as the pipeline's per-sample generators do.
             generators = [torch.Generator().manual_seed(int(s)) for s in request.seeds]
             for g in generators:
-                torch.randn(self.latent_shape, generator=g)
+                torch.randn(shape, generator=g)
             step_kwargs["generator"] = generators
         state = {"scheduler": scheduler, "uncond_embeds": uncond, "cfg_scale": float(request.cfg_scale),
                  "step_kwargs": step_kwargs}
-        return Trajectory(latents, scheduler.timesteps.clone(), cond, state)
+        return Trajectory(latents, scheduler.timesteps.clone(), cond, state, duration=duration)
 
     def predict_noise(self, trajectory: Trajectory, latents: Tensor, index: int) -> Tensor:
         self._use("unet")
@@ -229,17 +238,20 @@ class AudioLDMGenerator(Generator):
         return predict_x0_from_scheduler(trajectory.state["scheduler"], latents, noise_pred,
                                          trajectory.timesteps[index])
 
-    def decode(self, latents: Tensor, frames: Sequence[int] | None = None) -> Audio:
-        """Latents → VAE → mel spectrogram → HiFi-GAN → waveform `[B, 1, S]`, differentiable."""
+    def decode(self, latents: Tensor, frames: Sequence[int] | None = None,
+               trajectory: Trajectory | None = None) -> Audio:
+        """Latents → VAE → mel spectrogram → HiFi-GAN → waveform `[B, 1, S]`, differentiable: the
+        vocoder's whole output, which the aligner cuts to the run's duration."""
         self._use("vae", "vocoder")
-        z = (1 / self.vae.config.scaling_factor * latents.float()).to(self.dtype)  # as the pipeline scales
+        wide = torch.promote_types(latents.dtype, torch.float32)
+        z = (1 / self.vae.config.scaling_factor * latents.to(wide)).to(self.dtype)  # as the pipeline scales
         length = z.shape[2]
         if not self.chunk_frames or self.chunk_frames >= length:
             wave = self._latents_to_waveform(z)
         else:
             wave = torch.cat([self._decode_chunk(z, start, min(length, start + self.chunk_frames))
                               for start in range(0, length, self.chunk_frames)], dim=-1)
-        wave = wave.float()[:, : self.num_samples]
+        wave = wave.to(torch.promote_types(wave.dtype, torch.float32))  # float32, or float64 for a float64 model
         return Audio(wave.unsqueeze(1), self.sample_rate)
 
     def _latents_to_waveform(self, z: Tensor) -> Tensor:

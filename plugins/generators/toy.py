@@ -6,6 +6,7 @@ seconds, with an oracle (`sah.plugins.toy.oracle`) that can score the results.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -73,8 +74,20 @@ class ToyAudioGenerator(_ToyGenerator):
     modality: ClassVar[Modality] = Modality.AUDIO
     description: ClassVar[str] = "Toy tones: 1 s at 16 kHz, class k at 250·(k+1) Hz (built in, CPU)"
 
-    def decode(self, latents: Tensor, frames: Sequence[int] | None = None) -> Audio:
-        return Audio(self.world.audio_codec.decode(latents.float()), world.SAMPLE_RATE)
+    def prepare(self, request: GenerationRequest) -> Trajectory:
+        trajectory = super().prepare(request)
+        trajectory.duration = request.duration
+        return trajectory
+
+    def decode(self, latents: Tensor, frames: Sequence[int] | None = None,
+               trajectory: Trajectory | None = None) -> Audio:
+        wave = self.world.audio_codec.decode(latents.float())
+        seconds = trajectory.duration if trajectory is not None else None
+        if seconds:
+            # The codec's band is whole-hertz rFFT bins of one second, so the tone repeats
+            # seamlessly: a longer run is the same second, tiled.
+            wave = wave.repeat(1, 1, math.ceil(seconds * world.SAMPLE_RATE / wave.shape[-1]))
+        return Audio(wave, world.SAMPLE_RATE)
 
 
 class ToyVideoGenerator(_ToyGenerator):
@@ -83,7 +96,8 @@ class ToyVideoGenerator(_ToyGenerator):
     description: ClassVar[str] = "Toy blobs: 8 frames of 32×32 at 8 fps, class k at angle 2πk/8 (built in, CPU)"
     supports_frame_subset: ClassVar[bool] = True
 
-    def decode(self, latents: Tensor, frames: Sequence[int] | None = None) -> Video:
+    def decode(self, latents: Tensor, frames: Sequence[int] | None = None,
+               trajectory: Trajectory | None = None) -> Video:
         if frames is not None:
             bad = [f for f in frames if not 0 <= int(f) < world.NUM_FRAMES]
             if bad:

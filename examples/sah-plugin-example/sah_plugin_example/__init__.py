@@ -42,7 +42,7 @@ class ExampleTones(Generator):
         return predict_x0_from_scheduler(trajectory.state["scheduler"], latents, noise_pred,
                                          trajectory.timesteps[index])
 
-    def decode(self, latents: torch.Tensor, frames=None) -> Audio:
+    def decode(self, latents: torch.Tensor, frames=None, trajectory=None) -> Audio:
         n = int(self.config["duration"] * SAMPLE_RATE)
         t = torch.arange(n, device=latents.device) / SAMPLE_RATE
         tones = torch.stack([torch.sin(2 * math.pi * f * t) for f in FREQUENCIES])  # [8, n]

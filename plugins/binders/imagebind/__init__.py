@@ -10,6 +10,7 @@ modality, so a V2A run never reads the 354 M-parameter text tower.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import sys
@@ -29,7 +30,16 @@ from sah.io import atomic_path
 from sah.media import Audio, Image, Media, Modality, Text, Video
 
 from .model import TOWERS, ImageBindConfig, ImageBindModel, tower_prefixes
-from .preprocess import MODES, audio_to_mel, image_to_pixels, video_clip_frames, video_to_clips
+from .preprocess import (
+    CROPS,
+    MAX_AUDIO_CLIP_SECONDS,
+    MIN_AUDIO_CLIP_SECONDS,
+    MODES,
+    audio_to_mel,
+    image_to_pixels,
+    video_clip_frames,
+    video_to_clips,
+)
 from .tokenizer import default_tokenizer
 
 __all__ = ["ImageBindBinder", "ImageBindConfig", "ImageBindModel", "load_towers", "save_checkpoint"]
@@ -195,8 +205,14 @@ class ImageBindBinder(Binder):
 
     Preprocessing defaults to `preprocess="sah"`: the reference numerics except where they hurt a
     gradient (channels averaged rather than channel 0 only, no in-place mean leak between
-    overlapping audio clips, antialiased frame downscaling); `"official"` reproduces the reference
-    pipeline, quirks included."""
+    overlapping audio clips, exact audio clip times, antialiased frame downscaling, torch bicubic
+    for images); `"official"` reproduces ImageBind as its requirements pin it, quirks included.
+
+    Audio and video are cut into clips of `audio_clip_seconds` / `video_clip_seconds`, clip k
+    starting at `k·max(d − c, 0)/max(K − 1, 1)`; `audio_clips` / `video_clips` is K, or `"auto"`
+    for the fewest clips that cover the input. `video_crops` is 3 or 1 spatial crops per clip, or
+    `"squash"` (resize to 224×224, the Seeing-and-Hearing loader). The authors' V2A settings are
+    `preprocess="official"`, both clip lengths 1, both counts "auto", `video_crops="squash"`."""
 
     name: ClassVar[str] = "imagebind"
     modalities: ClassVar[frozenset[Modality]] = frozenset(
@@ -206,9 +222,11 @@ class ImageBindBinder(Binder):
     options: ClassVar[dict[str, Any]] = {
         "config": "",  # "", "huge", or a config JSON; "" reads <checkpoint stem>.json or config.json beside it
         "preprocess": "sah",  # or "official"
-        "audio_clips": 3,
-        "video_clips": 5,
-        "video_crops": 3,
+        "audio_clip_seconds": 2.0,
+        "audio_clips": "auto",  # or a positive integer
+        "video_clip_seconds": 2.0,
+        "video_clips": "auto",  # or a positive integer
+        "video_crops": 3,  # 3, 1 or "squash"
     }
 
     @classmethod
@@ -249,10 +267,19 @@ class ImageBindBinder(Binder):
         if cfg["preprocess"] not in MODES:
             raise SahError(f"imagebind: preprocess must be one of {', '.join(MODES)}, got {cfg['preprocess']!r}")
         for key in ("audio_clips", "video_clips"):
-            if not isinstance(cfg[key], int) or cfg[key] < 1:
-                raise SahError(f"imagebind: {key} must be a positive integer, got {cfg[key]!r}")
-        if cfg["video_crops"] not in (1, 3):
-            raise SahError(f"imagebind: video_crops must be 1 or 3, got {cfg['video_crops']!r}")
+            value = cfg[key]
+            if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise SahError(f"imagebind: {key} must be \"auto\" or a positive integer, got {value!r}")
+        for key in ("audio_clip_seconds", "video_clip_seconds"):
+            value = cfg[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                raise SahError(f"imagebind: {key} must be a positive number of seconds, got {value!r}")
+        seconds = cfg["audio_clip_seconds"]
+        if not MIN_AUDIO_CLIP_SECONDS <= seconds <= MAX_AUDIO_CLIP_SECONDS:
+            raise SahError(f"imagebind: audio_clip_seconds must be between {MIN_AUDIO_CLIP_SECONDS} and "
+                           f"{MAX_AUDIO_CLIP_SECONDS} (the audio tower reads 1 to 204 fbank frames), got {seconds!r}")
+        if type(cfg["video_crops"]) not in (int, str) or cfg["video_crops"] not in CROPS:
+            raise SahError(f"imagebind: video_crops must be 1, 3 or \"squash\", got {cfg['video_crops']!r}")
 
     def tower(self, name: str) -> ImageBindModel:
         """The model holding tower `name`, loaded from the checkpoint on first use."""
@@ -263,7 +290,8 @@ class ImageBindBinder(Binder):
         return self._towers[name]
 
     def video_frames(self, num_frames: int, fps: float) -> list[int]:
-        windows = video_clip_frames(num_frames, fps, self.config["video_clips"], self.model_config.video_frames)
+        windows = video_clip_frames(num_frames, fps, self.config["video_clips"], self.model_config.video_frames,
+                                    float(self.config["video_clip_seconds"]))
         return sorted({i for window in windows for i in window})
 
     def _weighted_clips(self, embed: Any, clips: Tensor, weights: Tensor) -> Tensor:
@@ -277,13 +305,14 @@ class ImageBindBinder(Binder):
             if media.num_samples == 0:
                 raise SahError("imagebind: cannot embed empty audio")
             mel, weights = audio_to_mel(media.waveform.to(self.device), media.sample_rate,
-                                        self.config["audio_clips"], mode)
+                                        self.config["audio_clips"], mode, float(self.config["audio_clip_seconds"]))
             return self._weighted_clips(self.tower("audio").embed_audio, mel, weights)
         if isinstance(media, Video):
             clips, weights = video_to_clips(
                 media.frames.to(self.device), media.fps, self.config["video_clips"], self.config["video_crops"], mode,
                 frame_indices=media.frame_indices, total_frames=media.total_frames,
-                frames_per_clip=self.model_config.video_frames)
+                frames_per_clip=self.model_config.video_frames,
+                clip_seconds=float(self.config["video_clip_seconds"]))
             return self._weighted_clips(self.tower("vision").embed_vision, clips, weights)
         if isinstance(media, Image):
             pixels = image_to_pixels(media.pixels.to(self.device), mode)
