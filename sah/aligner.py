@@ -105,11 +105,19 @@ class GuidanceSettings:
         keys = cls.__dataclass_fields__
         return cls(**{k: v for k, v in guidance.items() if k in keys})
 
-    def guides(self, index: int, num_steps: int) -> bool:
+    def guides(self, index: int, num_steps: int, noise_level: float | None = None) -> bool:
         """Whether step `index` of `num_steps` is guided: `start <= index/num_steps < end` for the
         "progress" window; for "after", the released code's count, `index > int(start·num_steps)`
-        (30 steps from 0.2: 23 guided, not 24) and the same end."""
-        if not self.enabled or not index / num_steps < self.end:
+        (30 steps from 0.2: 23 guided, not 24) and the same end; for "noise", `start <= 1 − ν < end`
+        with ν the latent's noise level in [0, 1] (1: pure noise), so a shifted flow schedule is
+        guided over the same noise levels as an unshifted one."""
+        if not self.enabled:
+            return False
+        if self.window == "noise":
+            if noise_level is None:
+                raise ValueError('guidance.window = "noise" needs the step\'s noise level')
+            return self.start <= 1 - noise_level < self.end
+        if not index / num_steps < self.end:
             return False
         if self.window == "after":
             return index > int(self.start * num_steps)
@@ -225,7 +233,8 @@ def align(
             with torch.no_grad(), plugin_call(stream.generator, "predict_noise"):
                 stream.noise_pred = stream.generator.predict_noise(stream.trajectory, stream.latents, index)
         guided = [m for m, i in tick.items()
-                  if settings.guides(i, streams[m].num_steps) and any(_involves(t, m) for t in terms)]
+                  if settings.guides(i, streams[m].num_steps, _noise_level(settings, streams[m], i))
+                  and any(_involves(t, m) for t in terms)]
         if settings.nudge == "stepped":
             _step(streams, tick)
         if guided:
@@ -250,6 +259,13 @@ def align(
     return AlignResult(media, {m: s.latents for m, s in streams.items()}, trace, final)
 
 
+def _noise_level(settings: GuidanceSettings, stream: _Stream, index: int) -> float | None:
+    if settings.window != "noise" or not settings.enabled:
+        return None
+    with plugin_call(stream.generator, "noise_level"):
+        return stream.generator.noise_level(stream.trajectory, index)
+
+
 def _step(streams: dict[Modality, _Stream], tick: dict[Modality, int]) -> None:
     """The scheduler step of each stream on this tick."""
     for modality, index in tick.items():
@@ -260,6 +276,30 @@ def _step(streams: dict[Modality, _Stream], tick: dict[Modality, int]) -> None:
             # guidance never applies a non-finite update, so this came from the denoiser or scheduler
             raise PluginError(f"generator {stream.generator.name!r} produced non-finite latents at step "
                               f"{index + 1} of {stream.num_steps} (with float16, try --dtype float32)")
+
+
+def prompt_tensors(embeds: Any) -> list[tuple[Any, Tensor]]:
+    """The tunable tensors of a trajectory's `prompt_embeds`: the tensor itself (key None), or the
+    floating-point entries of a tuple/list (key: position) or a dict (key: name). Masks and ids
+    are left alone."""
+    if isinstance(embeds, Tensor):
+        return [(None, embeds)]
+    items = embeds.items() if isinstance(embeds, Mapping) else enumerate(embeds)
+    return [(k, v) for k, v in items if isinstance(v, Tensor) and v.is_floating_point()]
+
+
+def replace_prompt_tensor(embeds: Any, key: Any, tensor: Tensor) -> Any:
+    if key is None:
+        return tensor
+    if isinstance(embeds, Mapping):
+        return {**embeds, key: tensor}
+    return type(embeds)(tensor if i == key else v for i, v in enumerate(embeds))
+
+
+def map_prompt_tensors(embeds: Any, fn: Callable[[Tensor], Tensor]) -> Any:
+    for key, tensor in prompt_tensors(embeds):
+        embeds = replace_prompt_tensor(embeds, key, fn(tensor))
+    return embeds
 
 
 def _involves(term: Term, modality: Modality) -> bool:
@@ -274,7 +314,7 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
     record: dict[str, Any] = {"similarity": {}, "loss": None, "skipped": []}
     for opt_step in range(settings.opt_steps):
         leaves: dict[Modality, Tensor] = {}
-        prompts: dict[Modality, Tensor] = {}
+        prompts: dict[tuple[Modality, Any], Tensor] = {}
         embeddings: dict[str, Tensor] = dict(targets)
         for modality in guided:
             stream = streams[modality]
@@ -283,8 +323,10 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
             noise_pred = stream.noise_pred
             if settings.prompt_tuning and generator.supports_prompt_tuning and trajectory.prompt_embeds is not None:
                 # The prompt's gradient must pass through the denoiser; the latent's must not.
-                trajectory.prompt_embeds = trajectory.prompt_embeds.detach().requires_grad_(True)
-                prompts[modality] = trajectory.prompt_embeds
+                trajectory.prompt_embeds = map_prompt_tensors(trajectory.prompt_embeds,
+                                                              lambda t: t.detach().requires_grad_(True))
+                for key, tensor in prompt_tensors(trajectory.prompt_embeds):
+                    prompts[(modality, key)] = tensor
                 with torch.enable_grad(), plugin_call(generator, "predict_noise"):
                     noise_pred = generator.predict_noise(trajectory, stream.noise_input.detach(), index)
             with torch.enable_grad():
@@ -324,9 +366,13 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
             with plugin_call(binder, "the guidance backward pass"):
                 grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
 
-        named = [*((m, m.value, settings.lr.get(m.value, 0.0)) for m in leaves),
-                 *((m, f"{m.value}.prompt", settings.prompt_lr) for m in prompts)]
-        for (modality, name, lr), param, grad in zip(named, params, grads):
+        # a latent's step is scaled by the latent's own scale at this step (1 for variance-preserving
+        # samplers), so it has the same relative size at every noise level
+        named = [*((m, None, m.value, settings.lr.get(m.value, 0.0)
+                    * streams[m].generator.latent_scale(streams[m].trajectory, tick[m])) for m in leaves),
+                 *((m, key, f"{m.value}.prompt" + ("" if key is None else f"[{key}]"), settings.prompt_lr)
+                   for m, key in prompts)]
+        for (modality, key, name, lr), param, grad in zip(named, params, grads):
             if grad is None or lr == 0:
                 continue
             grad = grad.float()
@@ -338,13 +384,14 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
                 record["skipped"].append(name)
                 continue
             new = new.to(param.dtype)
-            if name.endswith(".prompt"):
-                streams[modality].trajectory.prompt_embeds = new
+            if ".prompt" in name:
+                trajectory = streams[modality].trajectory
+                trajectory.prompt_embeds = replace_prompt_tensor(trajectory.prompt_embeds, key, new)
             else:
                 streams[modality].latents = new
     for stream in streams.values():
         if stream.trajectory.prompt_embeds is not None:
-            stream.trajectory.prompt_embeds = stream.trajectory.prompt_embeds.detach()
+            stream.trajectory.prompt_embeds = map_prompt_tensors(stream.trajectory.prompt_embeds, Tensor.detach)
     return record
 
 

@@ -25,7 +25,7 @@ TASKS = ("auto", "joint", "v2a", "a2v", "i2a", "t2a", "t2v")
 DTYPES = ("float32", "float16", "bfloat16")
 OPTIMIZERS = ("adam", "sgd", "ngd")
 NUDGES = ("current", "stepped")
-WINDOWS = ("progress", "after")
+WINDOWS = ("progress", "after", "noise")
 FORMATS = ("wav", "mp4", "json")
 WEIGHT_TERMS = ("condition", "pair", "text")
 
@@ -59,7 +59,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # which latent is nudged: "current" (x_t before the scheduler step, x̂0 at its own noise
         # level) or "stepped" (the authors' code: the stepped latent, x̂0 with ᾱ and ε of the step taken)
         "nudge": "current",
-        # how start/end count: "progress" (start <= i/N < end) or "after" (the authors': i > int(start·N))
+        # how start/end count: "progress" (start <= i/N < end), "after" (the authors': i > int(start·N))
+        # or "noise" (start <= 1 - noise level < end: the same noise levels whatever the schedule's shift)
         "window": "progress",
         # The paper's rule. On the toy world it is the one rule that meets every target
         # (benchmarks/toy_alignment.py); real video latents want a smaller video lr (presets).

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from sah import schedules
 from sah.component import Component
 from sah.media import Audio, Modality, Video
 
@@ -135,8 +136,34 @@ class Generator(Component):
         """How many frames a decode yields (video generators), so a binder can choose its subset."""
         return None
 
+    def latent_scale(self, trajectory: Trajectory, index: int) -> float:
+        """The latent's RMS at step `index` relative to the clean latent's (1 for variance-preserving
+        samplers); the aligner scales its step by it, so a guidance step has the same relative size
+        at every noise level. The default reads the scheduler in `trajectory.state["scheduler"]`."""
+        scheduler = trajectory.state.get("scheduler")
+        return 1.0 if scheduler is None else schedules.latent_scale(scheduler, index, trajectory.timesteps[index])
+
+    def noise_level(self, trajectory: Trajectory, index: int) -> float:
+        """How much of the latent at step `index` is noise, in [0, 1] (`guidance.window = "noise"`)."""
+        scheduler = trajectory.state.get("scheduler")
+        if scheduler is None:
+            return 1.0 - index / trajectory.num_steps
+        return schedules.noise_level(scheduler, index, trajectory.timesteps[index])
+
     def fps(self) -> float | None:
         return None
+
+
+def seeded_generators(seeds: Sequence[int], after: Sequence[int] | None = None) -> list[torch.Generator]:
+    """One CPU generator per sample for a stochastic sampler's step noise (DDPM, Euler ancestral,
+    SDE solvers: `scheduler.step(..., generator=...)`), advanced past the initial noise of shape
+    `after` as `seeded_noise` drew it: each sample's step noise continues its own stream, as a
+    diffusers pipeline's list of per-sample generators does."""
+    generators = [torch.Generator().manual_seed(int(s)) for s in seeds]
+    if after is not None:
+        for g in generators:
+            torch.randn(tuple(after), generator=g)
+    return generators
 
 
 def fit_duration(media: Audio | Video, seconds: float | None) -> Audio | Video:
@@ -148,25 +175,9 @@ def fit_duration(media: Audio | Video, seconds: float | None) -> Audio | Video:
     return media if media.num_samples <= keep else Audio(media.waveform[..., :keep], media.sample_rate)
 
 
-def predict_x0_from_scheduler(scheduler: Any, latents: Tensor, noise_pred: Tensor, timestep: Tensor | int) -> Tensor:
-    """x̂0 for a diffusers-style scheduler with `alphas_cumprod` and `config.prediction_type`,
-    using ᾱ of the timestep the latent is at (not the next one)."""
-    # at least float32 (float16 latents would lose the small ᾱ of early steps); float64 stays float64
-    dtype = torch.promote_types(latents.dtype, torch.float32)
-    alphas = scheduler.alphas_cumprod.to(device=latents.device, dtype=dtype)
-    alpha_bar = alphas[int(timestep)]
-    shape = (1,) * latents.ndim
-    a = alpha_bar.sqrt().reshape(shape)
-    s = (1 - alpha_bar).sqrt().reshape(shape)
-    z = latents.to(dtype)
-    eps = noise_pred.to(dtype)
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        x0 = (z - s * eps) / a
-    elif kind == "v_prediction":
-        x0 = a * z - s * eps
-    elif kind == "sample":
-        x0 = eps
-    else:
-        raise ValueError(f"unsupported prediction_type {kind!r}")
-    return x0.to(latents.dtype)
+def predict_x0_from_scheduler(scheduler: Any, latents: Tensor, noise_pred: Tensor, timestep: Tensor | int,
+                              index: int | None = None) -> Tensor:
+    """x̂0 for a diffusers scheduler of any family sah knows (`sah.schedules`): the latent's own
+    noise level, from ᾱ of `timestep` (variance-preserving) or σ of step `index` (σ-space, EDM,
+    flow; they need `index`). A scheduler it cannot handle is refused in one line."""
+    return schedules.predict_x0(scheduler, latents, noise_pred, index, timestep)

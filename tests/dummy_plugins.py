@@ -47,7 +47,7 @@ class _Base(Generator):
 
     def predict_x0(self, trajectory, latents, noise_pred, index):
         return predict_x0_from_scheduler(trajectory.state["scheduler"], latents, noise_pred,
-                                         trajectory.timesteps[index])
+                                         trajectory.timesteps[index], index=index)
 
 
 class DummyAudio(_Base):

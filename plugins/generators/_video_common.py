@@ -18,7 +18,14 @@ import torch
 from torch import Tensor, nn
 
 from sah.errors import SahError
-from sah.generator import GenerationRequest, Generator, Trajectory, predict_x0_from_scheduler, seeded_noise
+from sah.generator import (
+    GenerationRequest,
+    Generator,
+    Trajectory,
+    predict_x0_from_scheduler,
+    seeded_generators,
+    seeded_noise,
+)
 from sah.hub import load_pretrained
 from sah.media import Modality, Video
 
@@ -40,10 +47,6 @@ SCHEDULERS: dict[str, str] = {
 # PLMS without its Runge-Kutta warm-up, as Stable Diffusion ships it: the warm-up multiplies the
 # denoiser calls and fails below 4 steps.
 _SCHEDULER_SETTINGS: dict[str, dict[str, Any]] = {"pndm": {"skip_prk_steps": True}}
-
-# These keep their latent as x0 + σ·ε (init_noise_sigma > 1, scale_model_input divides by
-# √(σ²+1)), so x̂0 comes from σ, not from ᾱ.
-_SIGMA_SCHEDULERS = ("EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler")
 
 MODEL_FLAG = "--video-model"
 
@@ -75,27 +78,10 @@ def make_scheduler(name: str, config: dict[str, Any], **overrides: Any) -> Any:
     return scheduler_class(name).from_config(config, **{**_SCHEDULER_SETTINGS.get(name, {}), **overrides})
 
 
-def _sigma_schedulers() -> tuple[type, ...]:
-    # imported on use; by the time a scheduler exists diffusers is loaded, so this is a lookup
-    import diffusers
-
-    return tuple(getattr(diffusers, n) for n in _SIGMA_SCHEDULERS)
-
-
 def predict_x0(scheduler: Any, latents: Tensor, noise_pred: Tensor, timestep: Tensor | int, index: int) -> Tensor:
-    """x̂0 of `latents`, which sit at step `index` (timestep `timestep`) of `scheduler`."""
-    if not isinstance(scheduler, _sigma_schedulers()):
-        return predict_x0_from_scheduler(scheduler, latents, noise_pred, timestep)
-    sigma = scheduler.sigmas[index].to(device=latents.device, dtype=torch.float32)
-    z, eps = latents.float(), noise_pred.float()
-    kind = scheduler.config.prediction_type
-    if kind == "epsilon":
-        x0 = z - sigma * eps
-    elif kind == "v_prediction":
-        x0 = eps * (-sigma / (sigma**2 + 1) ** 0.5) + z / (sigma**2 + 1)
-    else:
-        raise ValueError(f"unsupported prediction_type {kind!r} for {type(scheduler).__name__}")
-    return x0.to(latents.dtype)
+    """x̂0 of `latents`, which sit at step `index` (timestep `timestep`) of `scheduler`: the core's
+    helper, which knows the σ-space samplers (euler, euler-a) as well as the variance-preserving ones."""
+    return predict_x0_from_scheduler(scheduler, latents, noise_pred, timestep, index=index)
 
 
 def encode_prompts(tokenizer: Any, text_encoder: nn.Module, prompts: Sequence[str], device: torch.device) -> Tensor:
@@ -219,10 +205,7 @@ class DiffusersVideoGenerator(Generator):
         if self._step_takes_generator:
             # A stochastic scheduler draws its step noise from each sample's own generator, carried
             # on past the initial noise, as diffusers does with a list of generators.
-            generators = [torch.Generator().manual_seed(int(s)) for s in request.seeds]
-            for g in generators:
-                torch.randn(shape, generator=g)
-            state["step_generators"] = generators
+            state["step_generators"] = seeded_generators(request.seeds, after=shape)
         return Trajectory(latents, scheduler.timesteps.clone(), cond, state)
 
     def predict_noise(self, trajectory: Trajectory, latents: Tensor, index: int) -> Tensor:

@@ -21,7 +21,14 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from sah.errors import SahError
-from sah.generator import GenerationRequest, Generator, Trajectory, predict_x0_from_scheduler, seeded_noise
+from sah.generator import (
+    GenerationRequest,
+    Generator,
+    Trajectory,
+    predict_x0_from_scheduler,
+    seeded_generators,
+    seeded_noise,
+)
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
 from sah.media import Audio, Modality
@@ -199,9 +206,7 @@ class AudioLDMGenerator(Generator):
         if "generator" in inspect.signature(scheduler.step).parameters:
             # Stochastic samplers (DDPM) draw step noise from each sample's own seed, continuing past
             # its initial noise as the pipeline's per-sample generators do.
-            generators = [torch.Generator().manual_seed(int(s)) for s in request.seeds]
-            for g in generators:
-                torch.randn(shape, generator=g)
+            generators = seeded_generators(request.seeds, after=shape)
             step_kwargs["generator"] = generators
         state = {"scheduler": scheduler, "uncond_embeds": uncond, "cfg_scale": float(request.cfg_scale),
                  "step_kwargs": step_kwargs}
@@ -236,7 +241,7 @@ class AudioLDMGenerator(Generator):
         # x̂0 of the latent at its own timestep t, with ᾱ_t. The authors' released code fed the next
         # latent (already stepped to t-1) into this formula with ᾱ_t, which mixes two noise levels.
         return predict_x0_from_scheduler(trajectory.state["scheduler"], latents, noise_pred,
-                                         trajectory.timesteps[index])
+                                         trajectory.timesteps[index], index=index)
 
     def decode(self, latents: Tensor, frames: Sequence[int] | None = None,
                trajectory: Trajectory | None = None) -> Audio:

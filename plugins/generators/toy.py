@@ -66,7 +66,7 @@ class _ToyGenerator(Generator):
 
     def predict_x0(self, trajectory: Trajectory, latents: Tensor, noise_pred: Tensor, index: int) -> Tensor:
         return predict_x0_from_scheduler(trajectory.state["scheduler"], latents, noise_pred,
-                                         trajectory.timesteps[index])
+                                         trajectory.timesteps[index], index=index)
 
 
 class ToyAudioGenerator(_ToyGenerator):

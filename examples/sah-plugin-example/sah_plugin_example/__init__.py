@@ -40,7 +40,7 @@ class ExampleTones(Generator):
     def predict_x0(self, trajectory: Trajectory, latents: torch.Tensor, noise_pred: torch.Tensor,
                    index: int) -> torch.Tensor:
         return predict_x0_from_scheduler(trajectory.state["scheduler"], latents, noise_pred,
-                                         trajectory.timesteps[index])
+                                         trajectory.timesteps[index], index=index)
 
     def decode(self, latents: torch.Tensor, frames=None, trajectory=None) -> Audio:
         n = int(self.config["duration"] * SAMPLE_RATE)
