@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 from abc import ABC
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+
+
+@dataclass(frozen=True)
+class Licence:
+    """The licences a plugin runs under: of its own code and of the weights it loads (SPDX ids
+    where there is one), and whether those weights may be used commercially."""
+
+    code: str
+    weights: str
+    commercial: bool
+    url: str = ""  # where the weights' licence is stated
 
 
 class Component(ABC):
@@ -17,6 +29,8 @@ class Component(ABC):
     description: ClassVar[str] = ""
     default_model: ClassVar[str | None] = None
     options: ClassVar[dict[str, Any]] = {}
+    #: None: not declared, which a run restricted to commercially usable weights refuses
+    licence: ClassVar[Licence | None] = None
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
@@ -34,6 +48,12 @@ class Component(ABC):
         """Raise a one-line SahError for option values a load would refuse. `sah.plan` calls it
         before any weights are read; `__init__` calls it too, for direct construction."""
         return None  # a plugin with nothing to check accepts every value of its declared types
+
+    @classmethod
+    def licence_for(cls, model: str | None) -> Licence | None:
+        """The licence that applies to loading `model` (a plugin whose checkpoints differ in
+        licence overrides this). Default: the class's `licence`."""
+        return cls.licence
 
     @classmethod
     def weights(cls, model: str | None, options: dict[str, Any]) -> list[tuple[str, str | None]]:
