@@ -13,17 +13,21 @@ from typing import Any
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
-from sah import api
 from sah import config as cfg
-from sah.errors import SahError
-from sah.plot import available as plot_available
+from sah.errors import MediaError, SahError
 from sah.presets import list_presets, load_preset, preset_summary, preset_text
-from sah.registry import add_commands, get_registry
+
+# Nothing above imports torch: `sah --help`, `sah config presets` and input errors caught by
+# `_preflight` answer at once. sah.api, sah.registry and the plugins (torch) are imported on use.
 
 console = Console(stderr=True)
+
+
+def plot_available() -> bool:
+    from sah.plot import available
+
+    return available()
 
 
 class Terminated(KeyboardInterrupt):
@@ -32,10 +36,22 @@ class Terminated(KeyboardInterrupt):
 
 _sigterm = {"received": False}
 
+# Commands kept in modules that import torch as they load: imported when named, described here
+# so that `sah --help` lists them without importing them.
+_LAZY_COMMANDS = {
+    "batch": ("sah.cli.batch", "batch_command",
+              "Run every job of a JSONL or CSV manifest that is not done yet in OUT."),
+}
+
 
 class SahGroup(click.Group):
     """Turns SahError into one line on stderr and exit code 2, Ctrl-C into exit code 130 and SIGTERM
-    into 143 (128 + the signal number, as a shell reports it). SAH_DEBUG=1 adds the traceback."""
+    into 143 (128 + the signal number, as a shell reports it). SAH_DEBUG=1 adds the traceback.
+
+    Commands that plugins add (`register_commands`) are loaded the first time a command that is not
+    built in is named, or by `sah plugins`, so the built-in commands do not load every plugin."""
+
+    plugin_commands: list[str] | None = None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -43,15 +59,53 @@ class SahGroup(click.Group):
         except SahError as exc:
             if os.environ.get("SAH_DEBUG"):
                 traceback.print_exc()
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {exc.cli_message()}", err=True)
             sys.exit(2)
         except KeyboardInterrupt as exc:
             terminated = isinstance(exc, Terminated) or _sigterm["received"]
             click.echo("Terminated." if terminated else "Interrupted.", err=True)
             sys.exit(143 if terminated else 130)
 
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY_COMMANDS})
 
-@click.group(cls=SahGroup)
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        if command is None and name in _LAZY_COMMANDS:
+            import importlib
+
+            module, attr, _ = _LAZY_COMMANDS[name]
+            command = getattr(importlib.import_module(module), attr)
+            self.add_command(command, name)
+        if command is None and self.plugin_commands is None:
+            self.load_plugin_commands()
+            command = super().get_command(ctx, name)
+        return command
+
+    def load_plugin_commands(self) -> list[str]:
+        """Let every plugin add its commands (once); returns their names."""
+        if self.plugin_commands is None:
+            from sah.registry import add_commands, get_registry
+
+            before = set(self.commands)
+            add_commands(self, get_registry())
+            self.plugin_commands = sorted(set(self.commands) - before)
+        return self.plugin_commands
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = []
+        for name in self.list_commands(ctx):
+            command = self.commands.get(name)
+            if command is not None and not command.hidden:
+                rows.append((name, command.get_short_help_str(formatter.width - 6 - len(name))))
+            elif command is None and name in _LAZY_COMMANDS:
+                rows.append((name, _LAZY_COMMANDS[name][2]))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=SahGroup, epilog="Plugins may add more commands: `sah plugins` lists them.")
 @click.version_option(package_name="sah")
 def cli() -> None:
     """sah — make generated sound and picture agree."""
@@ -89,6 +143,25 @@ def _layers(config_file: Path | None, sets: tuple[str, ...], flags: dict[str, An
     return layers
 
 
+def _preflight(layers: list[dict[str, Any]]) -> None:
+    """The checks that need no plugin, so no torch: the core config keys and values, and that the
+    condition files exist. Plugin names and options, and the files' contents, are `sah.api.plan`'s."""
+    core = []
+    for layer in layers:
+        layer = dict(layer)
+        for section in cfg.PLUGIN_SECTIONS:  # a plugin's own keys are judged once plugins load
+            if isinstance(layer.get(section), dict):
+                layer[section] = {k: v for k, v in layer[section].items() if k in cfg.DEFAULTS[section]}
+        core.append(layer)
+    config = cfg.resolve(*core)
+    for key in ("video", "audio", "image"):
+        path = config["input"][key]
+        if path and Path(path).is_dir():
+            raise MediaError(f"{path}: is a directory, not a media file")
+        if path and not Path(path).exists():
+            raise MediaError(f"{path}: no such file")
+
+
 config_options = [
     click.option("--config", "config_file", type=click.Path(path_type=Path), help="TOML config file."),
     click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override any config key."),
@@ -106,31 +179,46 @@ def with_config_options(fn: Any) -> Any:
     return fn
 
 
+# The flags of `sah run` that set config keys: `sah config show` takes the same ones, so it shows
+# the config of the run a command line would start.
+run_options = [
+    click.option("--gen-audio", help="Audio generator plugin (e.g. toy-audio, audioldm); '' for none."),
+    click.option("--gen-video", help="Video generator plugin (e.g. toy-video, animatediff); '' for none."),
+    click.option("--binder", help="Binder plugin (e.g. toy, imagebind)."),
+    click.option("--audio-model", help="Hub id or local folder for the audio generator."),
+    click.option("--video-model", help="Hub id or local folder for the video generator."),
+    click.option("--binder-model", help="Hub id or local path for the binder."),
+    click.option("--prompt", help="Text prompt."),
+    click.option("--negative-prompt", help="Negative prompt for classifier-free guidance."),
+    click.option("--video", type=click.Path(path_type=Path), help="Condition video (V2A)."),
+    click.option("--audio", type=click.Path(path_type=Path), help="Condition audio (A2V)."),
+    click.option("--image", type=click.Path(path_type=Path), help="Condition image (I2A)."),
+    click.option("--task", type=click.Choice(cfg.TASKS), help="Task; inferred from the inputs by default."),
+    click.option("--steps", type=int, help="Denoising steps."),
+    click.option("--seed", type=int, help="Seed of the first sample; sample i uses seed + i."),
+    click.option("--num-samples", type=int, help="Samples to generate."),
+    click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: outputs)."),
+    click.option("--name", help="Output file stem (default: the task). Samples and later runs into the same "
+                                "folder are numbered NAME-0, NAME-1, ..."),
+    click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
+    click.option("--dtype", type=click.Choice(cfg.DTYPES), help="Model dtype; the guidance loss is float32."),
+    click.option("--overwrite", is_flag=True, default=None,
+                 help="Replace outputs of the same name instead of numbering on."),
+    click.option("--plot/--no-plot", default=None, help="Save NAME.png: similarity per step, frames, spectrogram."),
+    preset_option,
+    *config_options,
+]
+
+
+def with_run_options(fn: Any) -> Any:
+    for option in reversed(run_options):
+        fn = option(fn)
+    return fn
+
+
 @cli.command()
-@click.option("--gen-audio", help="Audio generator plugin (e.g. toy-audio, audioldm); '' for none.")
-@click.option("--gen-video", help="Video generator plugin (e.g. toy-video, animatediff); '' for none.")
-@click.option("--binder", help="Binder plugin (e.g. toy, imagebind).")
-@click.option("--audio-model", help="Hub id or local folder for the audio generator.")
-@click.option("--video-model", help="Hub id or local folder for the video generator.")
-@click.option("--binder-model", help="Hub id or local path for the binder.")
-@click.option("--prompt", help="Text prompt.")
-@click.option("--negative-prompt", help="Negative prompt for classifier-free guidance.")
-@click.option("--video", type=click.Path(path_type=Path), help="Condition video (V2A).")
-@click.option("--audio", type=click.Path(path_type=Path), help="Condition audio (A2V).")
-@click.option("--image", type=click.Path(path_type=Path), help="Condition image (I2A).")
-@click.option("--task", type=click.Choice(cfg.TASKS), help="Task; inferred from the inputs by default.")
-@click.option("--steps", type=int, help="Denoising steps.")
-@click.option("--seed", type=int, help="Seed of the first sample; sample i uses seed + i.")
-@click.option("--num-samples", type=int, help="Samples to generate.")
-@click.option("--out", type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--name", help="Output file stem (default TASK-SEED).")
-@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
-@click.option("--dtype", type=click.Choice(cfg.DTYPES), help="Model dtype; the guidance loss is float32.")
-@click.option("--overwrite", is_flag=True, default=None, help="Replace existing outputs.")
-@click.option("--plot/--no-plot", default=None, help="Save NAME.png: similarity per step, frames, spectrogram.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar or summary.")
-@preset_option
-@with_config_options
+@with_run_options
 def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, preset: str | None, **flags: Any) -> None:
     """Generate audio and/or video, aligned by a binder.
 
@@ -139,14 +227,25 @@ def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, preset: st
     sah run --video clip.mp4                     # video-to-audio
     sah run --gen-audio audioldm --gen-video animatediff --binder imagebind --prompt "a dog barks"
     """
-    plan = api.plan(*_layers(config_file, sets, flags, preset))
+    layers = _layers(config_file, sets, flags, preset)
+    _preflight(layers)
+    from sah import api
+
+    plan = api.plan(*layers)
     if plan.config["output"]["plot"] and not plot_available():
         console.print("matplotlib is not installed: plots are off (pip install matplotlib)")
+    if plan.renamed:  # notes are one line each, however narrow the terminal
+        click.echo(_renamed_note(plan), err=True)
+    toy_note = _toy_world_note(plan)
+    if toy_note:
+        click.echo(toy_note, err=True)
     stop = _install_sigterm()
     models = api.load(plan)
     if quiet:
         result = api.generate(plan, models, should_stop=stop)
     else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                       TextColumn("{task.fields[sims]}"), TimeElapsedColumn(), console=console) as bar:
             job = bar.add_task(plan.task.name, total=None, sims="")
@@ -159,8 +258,55 @@ def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, preset: st
     written = api.save(result)
     if not quiet:
         for path in written:
-            console.print(f"wrote {path}")
+            console.print(f"wrote {path}", highlight=False, markup=False)
         console.print(f"{plan.task.name}: {len(result.samples)} sample(s) in {result.seconds:.1f} s")
+
+
+def _renamed_note(plan: Any) -> str:
+    """`outputs/joint-0.* exist: writing joint-1 (--overwrite replaces them)`."""
+    folder = Path(plan.config["output"]["dir"])
+    taken = list(plan.renamed)
+    now = [plan.renamed[stem] for stem in taken]
+    first = f"{folder / taken[0]}.*" + (f" (and {len(taken) - 1} more)" if len(taken) > 1 else "")
+    names = now[0] if len(now) == 1 else f"{now[0]} .. {now[-1]}"
+    return f"{first} already exist: writing {names} instead (--overwrite replaces them)"
+
+
+# What a real-model run of each task looks like, for the toy world's note.
+_REAL_MODELS = {
+    "v2a": "--preset paper-v2a, or --gen-audio audioldm --binder imagebind",
+    "a2v": "--preset paper-a2v, or --gen-video animatediff --binder imagebind",
+    "i2a": "--preset paper-i2a, or --gen-audio audioldm --binder imagebind",
+}
+
+
+def _toy_world_note(plan: Any) -> str | None:
+    """One line when the toy world (the default) is given a condition it did not make: its output
+    is a toy tone or blob whatever the clip shows, and the user may not know real models exist."""
+    from sah.media import Audio, Image, Video
+
+    toys = [cls.name for cls in plan.generators.values() if cls.name.startswith("toy")]
+    if plan.binder is not None and plan.binder.name == "toy":
+        toys.append("toy binder")
+    condition = plan.condition
+    if not toys or condition is None or plan.task.name not in _REAL_MODELS:
+        return None
+    from sah.plugins.toy import oracle
+
+    if isinstance(condition, Audio):
+        toy_made = bool(oracle.audio_valid(condition).all())
+    elif isinstance(condition, Image):
+        toy_made = bool(oracle.video_valid(condition.pixels.unsqueeze(1)).all())
+    elif isinstance(condition, Video):
+        toy_made = bool(oracle.video_valid(condition).all())
+    else:
+        return None
+    if toy_made:
+        return None
+    path = plan.config["input"][plan.task.condition.value] or "the condition"
+    return (f"Note: {path} is handled by the toy world ({', '.join(toys)}: eight tones and blobs, sah's offline "
+            f"default), which did not make it; for real models use {_REAL_MODELS[plan.task.name]} "
+            "(`sah config presets` lists the presets)")
 
 
 def _install_sigterm() -> Any:
@@ -184,27 +330,41 @@ def _install_sigterm() -> Any:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List generators and binders, and plugins that failed to load."""
+    from sah.registry import get_registry
+
+    commands = cli.load_plugin_commands()
     registry = get_registry()
     rows = []
     for kind, table in (("generator", registry.generators), ("binder", registry.binders)):
         for name, cls in sorted(table.items()):
             info = registry.sources.get(name)
             modalities = [cls.modality.value] if kind == "generator" else sorted(m.value for m in cls.modalities)
+            licence = cls.licence_for(cls.default_model)
             rows.append({"name": name, "kind": kind, "modalities": modalities,
                          "plugin": info.name if info else "?", "package": info.package if info else "?",
-                         "version": info.version if info else "?", "description": cls.description})
+                         "version": info.version if info else "?", "description": cls.description,
+                         "licence": None if licence is None else
+                         {"code": licence.code, "weights": licence.weights, "commercial": licence.commercial,
+                          "url": licence.url}})
     broken = [{"name": b.name, "entry_point": b.entry_point, "package": b.package, "error": b.error}
               for b in registry.broken]
     if as_json:
-        click.echo(json.dumps({"plugins": rows, "broken": broken}, indent=2))
+        click.echo(json.dumps({"plugins": rows, "broken": broken, "commands": commands}, indent=2))
         return
+    from rich.table import Table
+
     table = Table(title="sah plugins")
-    for column in ("name", "kind", "modalities", "package", "version", "description"):
+    for column in ("name", "kind", "modalities", "package", "version", "licence (code / weights)", "description"):
         table.add_column(column)
     for row in rows:
+        lic = row["licence"]
+        terms = "not declared" if lic is None else \
+            f"{lic['code']} / {lic['weights']}" + ("" if lic["commercial"] else " (non-commercial)")
         table.add_row(row["name"], row["kind"], ", ".join(row["modalities"]), row["package"], row["version"],
-                      row["description"])
+                      terms, row["description"])
     Console().print(table)
+    if commands:
+        Console().print(f"commands added by plugins: {', '.join(commands)} (sah COMMAND --help)")
     for b in broken:
         Console().print(f"[red]broken[/red] {b['name']} ({b['entry_point']}): {b['error']}")
 
@@ -215,11 +375,18 @@ def config_group() -> None:
 
 
 @config_group.command("show")
-@preset_option
-@with_config_options
-def config_show(config_file: Path | None, sets: tuple[str, ...], preset: str | None) -> None:
-    """Print the resolved config as TOML (defaults < --preset < --config < --set)."""
-    layers = _layers(config_file, sets, {}, preset)
+@with_run_options
+def config_show(config_file: Path | None, sets: tuple[str, ...], preset: str | None, **flags: Any) -> None:
+    """Print the resolved config as TOML: defaults < --preset < --config < flags < --set.
+
+    Takes every flag `sah run` takes, so `sah config show ARGS` shows what `sah run ARGS` would run:
+
+    \b
+    sah config show --preset paper-v2a --video clip.mp4 --steps 25
+    """
+    from sah.registry import get_registry
+
+    layers = _layers(config_file, sets, flags, preset)
     click.echo(cfg.to_toml(cfg.resolve(*layers, registry=get_registry())), nl=False)
 
 
@@ -241,16 +408,15 @@ def _one_line_warning(message: Warning | str, category: type[Warning], *args: An
 def main() -> None:
     # a user reads "Warning: <what happened>", not the source line that raised it
     warnings.showwarning = _one_line_warning
-    add_commands(cli, get_registry())
     cli(prog_name="sah")
 
 
 __all__ = ["cli", "main"]
 
 # Commands kept in their own modules; imported last because they import this module's helpers.
-from sah.cli.batch import batch_command  # noqa: E402
 from sah.cli.eval import eval_command  # noqa: E402
 from sah.cli.report import report_command  # noqa: E402
+from sah.cli.ui import ui_command  # noqa: E402
 
-for _command in (batch_command, eval_command, report_command):
+for _command in (eval_command, report_command, ui_command):
     cli.add_command(_command)

@@ -21,18 +21,20 @@ from __future__ import annotations
 import contextlib
 import math
 import warnings
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from sah import longform
 from sah.binder import Binder
 from sah.config import DEFAULTS
 from sah.errors import PluginError, SahError, plugin_failure
 from sah.generator import GenerationRequest, Generator, Trajectory, fit_duration
+from sah.longform import Window
 from sah.media import Audio, Modality, Video
 
 UpdateRule = Callable[[Tensor, Tensor, dict, float], Tensor]
@@ -132,19 +134,64 @@ class AlignResult:
     final_similarity: dict[str, list[float]]
 
 
+@dataclass(frozen=True)
+class _Part:
+    """Windows `windows` of a stream as one slice of its latent: batch rows (each window its own
+    sample) or frames along the time axis (windows of one latent)."""
+
+    windows: range
+    rows: tuple[int, int] | None = None
+    span: tuple[int, int] | None = None
+
+
 @dataclass
 class _Stream:
+    """One generator's run. Its output is one window, or several overlapping ones (`sah.longform`):
+    with a latent time axis, one latent for the whole output whose windows are slices (`spans`,
+    fused with `weights`); without one, each window is its own batch of samples, all of them in
+    one trajectory (`batch` samples per window)."""
+
     generator: Generator
     trajectory: Trajectory
     latents: Tensor
+    windows: list[Window]
+    batch: int
+    spans: list[tuple[int, int]] | None = None
+    weights: list[Tensor] | None = None
     noise_pred: Tensor | None = None
     noise_input: Tensor | None = None  # the latent `noise_pred` was predicted from
-    embedding: Tensor | None = None  # binder embedding of the latest x̂0, detached
+    embedding: dict[int, Tensor] = field(default_factory=dict)  # per part, of the latest x̂0, detached
     frames: list[int] | None = None
 
     @property
     def num_steps(self) -> int:
         return self.trajectory.num_steps
+
+    @property
+    def stacked(self) -> bool:
+        return len(self.windows) > 1 and self.spans is None
+
+    def parts(self, size: int) -> list[_Part]:
+        count = len(self.windows)
+        if self.spans is not None:
+            return [_Part(range(k, k + 1), span=span) for k, span in enumerate(self.spans)]
+        if count == 1:
+            return [_Part(range(1))]
+        return [_Part(range(k, min(count, k + size)), rows=(k * self.batch, min(count, k + size) * self.batch))
+                for k in range(0, count, size)]
+
+    def select(self, tensor: Tensor, part: _Part) -> Tensor:
+        if part.rows is not None:
+            return tensor[part.rows[0]:part.rows[1]]
+        if part.span is not None:
+            return tensor.narrow(self.generator.time_axis, part.span[0], part.span[1] - part.span[0])
+        return tensor
+
+    def seconds(self, part: _Part) -> float | None:
+        """How long each window's media in `part` is: the run's duration for a single window."""
+        if len(self.windows) == 1:
+            return self.trajectory.duration
+        return self.windows[part.windows[0]].seconds + 1e-9  # 0.39999…·rate must not truncate a sample
 
 
 def lockstep(step_counts: Mapping[Modality, int]) -> list[dict[Modality, int]]:
@@ -192,16 +239,21 @@ def align(
     requests: Mapping[Modality, GenerationRequest],
     binder: Binder | None = None,
     terms: list[Term] | None = None,
-    targets: Mapping[str, Tensor] | None = None,
+    targets: Mapping[str, Tensor | Sequence[Tensor]] | None = None,
     settings: GuidanceSettings | None = None,
     on_step: Callable[[int, int, dict[str, float]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    windows: Sequence[Window] | None = None,
+    window_batch: int = 8,
 ) -> AlignResult:
     """Run the generators' samplers in lockstep with latent alignment.
 
     `targets` holds fixed embeddings `[1 or B, D]` (computed once per run by the caller) that
-    terms name; `on_step(tick, num_ticks, similarities)` reports progress. `should_stop` is
-    polled once per tick so an interrupt stops within one denoising step.
+    terms name; a sequence of them holds one per window. `windows` (`sah.longform.plan`) splits
+    a long output into overlapping windows, each guided toward its own targets; None: one.
+    Windows that are samples of their own are decoded and embedded `window_batch` at a time.
+    `on_step(tick, num_ticks, similarities)` reports progress. `should_stop` is polled once per
+    tick so an interrupt stops within one denoising step.
     """
     settings = settings or GuidanceSettings()
     terms = [t for t in (terms or []) if t.weight > 0]
@@ -210,15 +262,9 @@ def align(
         raise ValueError("guidance terms need a binder")
     update = UPDATE_RULES[settings.optimizer]
 
-    streams: dict[Modality, _Stream] = {}
-    for modality, generator in generators.items():
-        with plugin_call(generator, "prepare"):
-            trajectory = generator.prepare(requests[modality])
-        stream = _Stream(generator, trajectory, trajectory.latents)
-        if binder is not None and generator.supports_frame_subset and generator.num_frames():
-            with plugin_call(binder, "video_frames"):
-                stream.frames = binder.video_frames(generator.num_frames(), generator.fps() or 1.0)
-        streams[modality] = stream
+    streams = {m: _prepare(g, requests[m], list(windows or []), binder) for m, g in generators.items()}
+    # windows of one latent are guided one at a time, windows that are samples of their own a few at a time
+    part_size = 1 if any(s.spans is not None for s in streams.values()) else max(1, int(window_batch))
     warn_skip = _SkipWarning()
 
     ticks = lockstep({m: s.num_steps for m, s in streams.items()})
@@ -228,17 +274,14 @@ def align(
         if should_stop is not None and should_stop():
             raise KeyboardInterrupt
         for modality, index in tick.items():
-            stream = streams[modality]
-            stream.noise_input = stream.latents
-            with torch.no_grad(), plugin_call(stream.generator, "predict_noise"):
-                stream.noise_pred = stream.generator.predict_noise(stream.trajectory, stream.latents, index)
+            _predict_noise(streams[modality], index)
         guided = [m for m, i in tick.items()
                   if settings.guides(i, streams[m].num_steps, _noise_level(settings, streams[m], i))
                   and any(_involves(t, m) for t in terms)]
         if settings.nudge == "stepped":
             _step(streams, tick)
         if guided:
-            record = _guide(streams, guided, tick, binder, terms, targets, settings, update, warn_skip)
+            record = _guide(streams, guided, tick, binder, terms, targets, settings, update, warn_skip, part_size)
             record.update(tick=tick_no, progress=float(max(Fraction(i + 1, streams[m].num_steps)
                                                             for m, i in tick.items())),
                           steps={m.value: i for m, i in tick.items()})
@@ -249,14 +292,95 @@ def align(
         if on_step is not None:
             on_step(tick_no + 1, len(ticks), last)
 
-    media: dict[Modality, Audio | Video] = {}
+    media: dict[Modality, Audio | Video] = {m: _decode_output(s, part_size) for m, s in streams.items()}
     with torch.no_grad():
-        for modality, stream in streams.items():
-            with plugin_call(stream.generator, "decode"):
-                decoded = stream.generator.decode(stream.latents, trajectory=stream.trajectory)
-                media[modality] = fit_duration(decoded, stream.trajectory.duration)
-        final = _final_similarity(media, binder, terms, targets)
+        final = _final_similarity(media, binder, terms, targets, list(windows or []))
     return AlignResult(media, {m: s.latents for m, s in streams.items()}, trace, final)
+
+
+def _prepare(generator: Generator, request: GenerationRequest, windows: list[Window],
+             binder: Binder | None) -> _Stream:
+    """The trajectory and latent for the output, whole or in windows."""
+    if len(windows) > 1 and generator.time_axis is None:
+        # each window its own samples: window k's seeds derived from the run's (window 0 keeps them);
+        # audio a little longer than the window, for the phase alignment of the join
+        seeds = [s if k == 0 else _window_seed(s, k) for k in range(len(windows)) for s in request.seeds]
+        margin = longform.ALIGN_SECONDS if generator.modality is Modality.AUDIO else 0.0
+        request = replace(request, prompts=list(request.prompts) * len(windows), seeds=seeds,
+                          duration=windows[0].seconds + margin)
+    with plugin_call(generator, "prepare"):
+        trajectory = generator.prepare(request)
+    frame_count = generator.num_frames()  # asked after prepare: a run's length may set it
+    stream = _Stream(generator, trajectory, trajectory.latents, windows or [Window(0.0, 0.0)],
+                     len(request.seeds) // max(1, len(windows)) if len(windows) > 1 else len(request.seeds))
+    if len(windows) > 1 and generator.time_axis is not None:
+        # one latent for the whole output; a window is a slice of it
+        with plugin_call(generator, "latent_frame_seconds"):
+            frame_seconds = generator.latent_frame_seconds()
+        total = trajectory.latents.shape[generator.time_axis]
+        width = min(total, max(1, round(windows[0].seconds / frame_seconds)))
+        stream.spans = longform.frame_spans(windows, total, width)
+        stream.windows = [Window(lo * frame_seconds, hi * frame_seconds) for lo, hi in stream.spans]
+        stream.weights = longform.fusion_weights(stream.spans, total)
+        frame_count = width if frame_count else None
+    elif frame_count and generator.time_axis is not None and len(windows) <= 1:
+        frame_count = trajectory.latents.shape[generator.time_axis]  # the run's own length
+    if binder is not None and generator.supports_frame_subset and frame_count:
+        with plugin_call(binder, "video_frames"):
+            stream.frames = binder.video_frames(frame_count, generator.fps() or 1.0)
+    return stream
+
+
+def _window_seed(seed: int, k: int) -> int:
+    return (int(seed) * 1_000_003 + 7919 * k) % (2**63 - 1)
+
+
+def _predict_noise(stream: _Stream, index: int) -> None:
+    generator = stream.generator
+    stream.noise_input = stream.latents
+    with torch.no_grad(), plugin_call(generator, "predict_noise"):
+        if stream.spans is None:
+            stream.noise_pred = generator.predict_noise(stream.trajectory, stream.latents, index)
+            return
+        # the windows' predictions averaged where they overlap, with weights that sum to 1
+        z, fused = stream.latents, None
+        shape = [1] * z.ndim
+        shape[generator.time_axis] = -1
+        for k, weight in enumerate(stream.weights):
+            part = _Part(range(k, k + 1), span=stream.spans[k])
+            eps = generator.predict_noise(stream.trajectory, stream.select(z, part), index)
+            fused = eps.new_zeros(z.shape) if fused is None else fused
+            stream.select(fused, part).add_(eps * weight.to(eps).reshape(shape))
+        stream.noise_pred = fused
+
+
+def _decode_output(stream: _Stream, part_size: int) -> Audio | Video:
+    """The final media: decoded a part at a time and joined as they come, so memory holds the
+    output and one part."""
+    generator = stream.generator
+    margin = longform.ALIGN_SECONDS if stream.stacked and generator.modality is Modality.AUDIO else 0.0
+    total = stream.windows[-1].end
+    joiner = longform.Joiner(total, align=stream.stacked)
+    with torch.no_grad():
+        for part in stream.parts(part_size):
+            with plugin_call(generator, "decode"):
+                decoded = generator.decode(stream.select(stream.latents, part), trajectory=stream.trajectory)
+            seconds = stream.seconds(part)
+            decoded = fit_duration(decoded, None if seconds is None else seconds + margin)
+            if len(stream.windows) == 1:
+                return decoded
+            for k, piece in zip(part.windows, _split(decoded, len(part.windows))):
+                joiner.add(piece, stream.windows[k])
+    return fit_duration(joiner.result(), total)
+
+
+def _split(media: Audio | Video, count: int) -> list[Audio | Video]:
+    """A part's media, one item per window (the rows of a batch of windows)."""
+    if count == 1:
+        return [media]
+    if isinstance(media, Audio):
+        return [Audio(w, media.sample_rate) for w in media.waveform.chunk(count)]
+    return [Video(f, media.fps) for f in media.frames.chunk(count)]
 
 
 def _noise_level(settings: GuidanceSettings, stream: _Stream, index: int) -> float | None:
@@ -306,65 +430,109 @@ def _involves(term: Term, modality: Modality) -> bool:
     return term.generated == modality or term.target == modality.value
 
 
+def _target(targets: Mapping[str, Any], name: str, part: _Part, batch: int) -> Tensor | None:
+    """The target `name` for the windows of `part`: a window's own (a list holds one per window)
+    or the run's, repeated for each window of a batch of windows."""
+    value = targets.get(name)
+    if value is None:
+        return None
+    rows = [value[k] if isinstance(value, (list, tuple)) else value for k in part.windows]
+    if part.rows is None:
+        return rows[0]
+    return torch.cat([t.expand(batch, -1) for t in rows])
+
+
 def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[Modality, int],
-           binder: Binder, terms: list[Term], targets: Mapping[str, Tensor], settings: GuidanceSettings,
-           update: UpdateRule, warn_skip: Callable[[str], None]) -> dict[str, Any]:
-    """Optimise the guided streams' latents (and prompt embeddings) for one denoising step."""
+           binder: Binder, terms: list[Term], targets: Mapping[str, Any], settings: GuidanceSettings,
+           update: UpdateRule, warn_skip: Callable[[str], None], part_size: int) -> dict[str, Any]:
+    """Optimise the guided streams' latents (and prompt embeddings) for one denoising step.
+
+    Part by part (one window, or a few that are samples of their own): x̂0 of the part's slice,
+    decoded, embedded and compared with its windows' own targets; each part's backward pass runs
+    before the next part is decoded, so memory is that of one part, and the gradients add up."""
     states: dict[Any, dict] = {}
+    first = next(iter(streams.values()))
+    parts, batch = first.parts(part_size), first.batch
     record: dict[str, Any] = {"similarity": {}, "loss": None, "skipped": []}
+    per_window: dict[str, list[list[float]]] = {}
     for opt_step in range(settings.opt_steps):
-        leaves: dict[Modality, Tensor] = {}
+        leaves = {m: streams[m].latents.detach().requires_grad_(True) for m in guided}
         prompts: dict[tuple[Modality, Any], Tensor] = {}
-        embeddings: dict[str, Tensor] = dict(targets)
-        for modality in guided:
-            stream = streams[modality]
-            generator, trajectory, index = stream.generator, stream.trajectory, tick[modality]
-            leaves[modality] = stream.latents.detach().requires_grad_(True)
-            noise_pred = stream.noise_pred
-            if settings.prompt_tuning and generator.supports_prompt_tuning and trajectory.prompt_embeds is not None:
+        tuned_noise: dict[Modality, Tensor] = {}
+        for m in guided:
+            stream = streams[m]
+            trajectory = stream.trajectory
+            if settings.prompt_tuning and stream.generator.supports_prompt_tuning and \
+                    trajectory.prompt_embeds is not None:
                 # The prompt's gradient must pass through the denoiser; the latent's must not.
                 trajectory.prompt_embeds = map_prompt_tensors(trajectory.prompt_embeds,
                                                               lambda t: t.detach().requires_grad_(True))
                 for key, tensor in prompt_tensors(trajectory.prompt_embeds):
-                    prompts[(modality, key)] = tensor
-                with torch.enable_grad(), plugin_call(generator, "predict_noise"):
-                    noise_pred = generator.predict_noise(trajectory, stream.noise_input.detach(), index)
-            with torch.enable_grad():
-                with plugin_call(generator, "predict_x0"):
-                    x0 = generator.predict_x0(trajectory, leaves[modality], noise_pred, index)
-                with plugin_call(generator, "decode"):
-                    decoded = generator.decode(x0, frames=stream.frames, trajectory=trajectory)
-                if not generator.guide_whole_decode:
-                    decoded = fit_duration(decoded, trajectory.duration)
-                with plugin_call(binder, "embed"):
-                    embedding = binder.embed(decoded)
-            embeddings[modality.value] = embedding
-            stream.embedding = embedding.detach()
-        for modality, stream in streams.items():
-            if modality not in guided and stream.embedding is not None:
-                embeddings[modality.value] = stream.embedding
+                    prompts[(m, key)] = tensor
+                if stream.spans is None:  # the whole batch at once: the prompt rows belong to it
+                    with torch.enable_grad(), plugin_call(stream.generator, "predict_noise"):
+                        tuned_noise[m] = stream.generator.predict_noise(trajectory, stream.noise_input.detach(),
+                                                                        tick[m])
+        params = [*leaves.values(), *prompts.values()]
+        grads: list[Tensor | None] = [None] * len(params)
+        losses: list[Tensor] = []
+        for p_index, part in enumerate(parts):
+            embeddings: dict[str, Tensor] = {}
+            for m in guided:
+                stream = streams[m]
+                generator, trajectory, index = stream.generator, stream.trajectory, tick[m]
+                noise_pred = stream.select(tuned_noise.get(m, stream.noise_pred), part)
+                if m not in tuned_noise and any(key[0] == m for key in prompts):
+                    with torch.enable_grad(), plugin_call(generator, "predict_noise"):
+                        noise_pred = generator.predict_noise(trajectory, stream.select(stream.noise_input, part)
+                                                             .detach(), index)
+                with torch.enable_grad():
+                    with plugin_call(generator, "predict_x0"):
+                        x0 = generator.predict_x0(trajectory, stream.select(leaves[m], part), noise_pred, index)
+                    with plugin_call(generator, "decode"):
+                        decoded = generator.decode(x0, frames=stream.frames, trajectory=trajectory)
+                    if not generator.guide_whole_decode:
+                        decoded = fit_duration(decoded, stream.seconds(part))
+                    with plugin_call(binder, "embed"):
+                        embeddings[m.value] = binder.embed(decoded)
+                stream.embedding[p_index] = embeddings[m.value].detach()
+            for m, stream in streams.items():
+                if m not in guided and p_index in stream.embedding:
+                    embeddings[m.value] = stream.embedding[p_index]
 
-        with torch.enable_grad():
-            loss = 0.0
-            for term in terms:
-                if term.generated.value not in embeddings or term.target not in embeddings:
+            with torch.enable_grad():
+                loss = 0.0
+                for term in terms:
+                    if not any(_involves(term, m) for m in guided):
+                        continue
+                    generated = embeddings.get(term.generated.value)
+                    target = embeddings.get(term.target, _target(targets, term.target, part, batch))
+                    if generated is None or target is None:
+                        continue
+                    with plugin_call(binder, "similarity"):
+                        sim = binder.similarity(generated, target)
+                    loss = loss + term.weight * (1 - sim)
+                    if opt_step == 0:
+                        per_window.setdefault(term.name, []).extend(
+                            [float(v) for v in row] for row in sim.detach().reshape(len(part.windows), -1))
+                if not isinstance(loss, Tensor):
                     continue
-                if not any(_involves(term, m) for m in guided):
-                    continue
-                with plugin_call(binder, "similarity"):
-                    sim = binder.similarity(embeddings[term.generated.value], embeddings[term.target])
-                loss = loss + term.weight * (1 - sim)
-                if opt_step == 0:
-                    record["similarity"][term.name] = [float(s) for s in sim.detach()]
-            if not isinstance(loss, Tensor):
-                break
-            if opt_step == 0:
-                record["loss"] = [float(v) for v in loss.detach()]
-            params = [*leaves.values(), *prompts.values()]
-            # the backward pass runs through the decoders and the binder: name the binder, whose
-            # preprocessing is the usual culprit
-            with plugin_call(binder, "the guidance backward pass"):
-                grads = torch.autograd.grad(loss.sum(), params, allow_unused=True)
+                losses.extend(loss.detach().reshape(len(part.windows), -1))
+                # the backward pass runs through the decoders and the binder: name the binder, whose
+                # preprocessing is the usual culprit
+                with plugin_call(binder, "the guidance backward pass"):
+                    part_grads = torch.autograd.grad(loss.sum(), params, allow_unused=True,
+                                                     retain_graph=bool(tuned_noise) and p_index + 1 < len(parts))
+            grads = [g if acc is None else acc if g is None else acc + g for acc, g in zip(grads, part_grads)]
+        if not losses:
+            break
+        if opt_step == 0:
+            record["loss"] = [float(v) for v in torch.stack(losses).sum(0)]
+            record["similarity"] = {name: [sum(w[i] for w in rows) / len(rows) for i in range(len(rows[0]))]
+                                    for name, rows in per_window.items()}
+            if len(first.windows) > 1:
+                record["windows"] = {name: [[w[i] for w in rows] for i in range(len(rows[0]))]
+                                     for name, rows in per_window.items()}
 
         # a latent's step is scaled by the latent's own scale at this step (1 for variance-preserving
         # samplers), so it has the same relative size at every noise level
@@ -396,17 +564,23 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
 
 
 def _final_similarity(media: Mapping[Modality, Audio | Video], binder: Binder | None, terms: list[Term],
-                      targets: Mapping[str, Tensor]) -> dict[str, list[float]]:
+                      targets: Mapping[str, Any], windows: list[Window]) -> dict[str, list[float]]:
+    """Each term's similarity on the final media; over several windows, its mean over them, each
+    window's stretch of the output against that window's targets."""
     if binder is None or not terms:
         return {}
-    embeddings = dict(targets)
-    for modality, item in media.items():
-        if binder.can_embed(modality):
-            with plugin_call(binder, "embed"):
-                embeddings[modality.value] = binder.embed(item)
-    out = {}
-    for term in terms:
-        if term.generated.value in embeddings and term.target in embeddings:
-            sim = binder.similarity(embeddings[term.generated.value], embeddings[term.target])
-            out[term.name] = [float(s) for s in sim]
-    return out
+    spans = windows if len(windows) > 1 else [None]
+    rows: dict[str, list[list[float]]] = {}
+    for k, window in enumerate(spans):
+        embeddings = {}
+        for modality, item in media.items():
+            if binder.can_embed(modality):
+                part = item if window is None else longform.segment(item, window)
+                with plugin_call(binder, "embed"):
+                    embeddings[modality.value] = binder.embed(part)
+        for term in terms:
+            generated = embeddings.get(term.generated.value)
+            target = embeddings.get(term.target, _target(targets, term.target, _Part(range(k, k + 1)), 1))
+            if generated is not None and target is not None:
+                rows.setdefault(term.name, []).append([float(s) for s in binder.similarity(generated, target)])
+    return {name: [sum(r[i] for r in per) / len(per) for i in range(len(per[0]))] for name, per in rows.items()}

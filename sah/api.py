@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from sah import config as cfg
-from sah import hub, io
+from sah import hub, io, longform
 from sah.aligner import GuidanceSettings, Term, align, plugin_call
 from sah.binder import Binder
 from sah.errors import SahError, plugin_failure
@@ -50,6 +50,8 @@ class RunPlan:
     condition: Media | None
     outputs: list[dict[str, Path]]
     registry: Registry
+    # stems numbered on because the first choice was taken in the output folder: {wanted: used}
+    renamed: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -97,7 +99,16 @@ def sanitize_name(name: str) -> str:
     return stem[:120] or "sample"
 
 
-def _output_paths(config: dict[str, Any], task: Task) -> list[dict[str, Path]]:
+OUTPUT_SUFFIXES = ("wav", "mp4", "json", "png")  # what a sample may write: any of them marks its stem taken
+
+
+def _output_paths(config: dict[str, Any], task: Task) -> tuple[list[dict[str, Path]], dict[str, str]]:
+    """Each sample's files, and the stems moved to avoid existing files ({wanted: used}).
+
+    One numbering rule: a run's samples are `BASE-0`, `BASE-1`, ... where BASE is `output.name`, or
+    the task (`joint-0`); a name given for a single sample is used as it is (`take`). Without
+    `output.overwrite`, a run into a folder where those stems are taken numbers on after the highest
+    one there (`joint-1`, or `take-1`), so nothing is ever replaced; with it, they are replaced."""
     run, output = config["run"], config["output"]
     produces = {"json"}
     if Modality.AUDIO in task.generates:
@@ -107,16 +118,41 @@ def _output_paths(config: dict[str, Any], task: Task) -> list[dict[str, Path]]:
     formats = [f for f in output["formats"] if f in produces]
     if output.get("plot") and plot_available():
         formats.append("png")
-    base = sanitize_name(output["name"]) if output["name"] else None
+    named = bool(output["name"])
+    base = sanitize_name(output["name"]) if named else task.name
     out_dir = Path(output["dir"])
-    paths = []
-    for i in range(run["num_samples"]):
-        if base is None:
-            stem = f"{task.name}-{run['seed'] + i}"
-        else:
-            stem = base if run["num_samples"] == 1 else f"{base}-{i}"
-        paths.append({fmt: out_dir / f"{stem}.{fmt}" for fmt in formats})
-    return paths
+    n = run["num_samples"]
+
+    def stems(first: int) -> list[str]:
+        if named and n == 1 and first == 0:
+            return [base]
+        return [f"{base}-{first + i}" for i in range(n)]
+
+    def taken(stem: str) -> bool:
+        return any((out_dir / f"{stem}.{suffix}").exists() for suffix in OUTPUT_SUFFIXES)
+
+    wanted = stems(0)
+    chosen = wanted
+    if not output["overwrite"] and any(taken(stem) for stem in wanted):
+        first = _next_number(out_dir, base)
+        while any(taken(stem) for stem in stems(first)):
+            first += 1
+        chosen = stems(first)
+    renamed = {a: b for a, b in zip(wanted, chosen) if a != b}
+    return [{fmt: out_dir / f"{stem}.{fmt}" for fmt in formats} for stem in chosen], renamed
+
+
+def _next_number(out_dir: Path, base: str) -> int:
+    """One more than the highest N of the `BASE-N.*` files in `out_dir` (a bare `BASE.*` counts as 0)."""
+    pattern = re.compile(rf"{re.escape(base)}(?:-(\d+))?")
+    highest = -1
+    with contextlib.suppress(OSError):
+        for path in out_dir.iterdir():
+            stem, _, suffix = path.name.rpartition(".")
+            match = pattern.fullmatch(stem)
+            if match and suffix in OUTPUT_SUFFIXES:
+                highest = max(highest, int(match.group(1) or 0))
+    return highest + 1
 
 
 def plan(config: dict[str, Any] | None = None, *layers: dict[str, Any], registry: Registry | None = None,
@@ -152,15 +188,30 @@ def plan(config: dict[str, Any] | None = None, *layers: dict[str, Any], registry
     if condition is not None and condition.batch_size not in (1, run["num_samples"]):
         raise SahError(f"condition batch size {condition.batch_size} must be 1 or run.num_samples")
 
-    outputs = _output_paths(config, task)
+    # names that exist already are not refused here: the run numbers on (a plan writes nothing,
+    # and `sah.run` may never save)
+    outputs, renamed = _output_paths(config, task)
     _check_output_dir(Path(config["output"]["dir"]))
-    if not config["output"]["overwrite"]:
-        existing = [p for sample in outputs for p in sample.values() if p.exists()]
-        if existing:
-            more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
-            raise SahError(f"output {str(existing[0])!r}{more} already exists; pass --overwrite to replace it")
+    _check_licences(config, generators, binder_cls)
     _check_weights(config, generators, binder_cls)
-    return RunPlan(config, task, terms, generators, binder_cls, condition, outputs, registry)
+    return RunPlan(config, task, terms, generators, binder_cls, condition, outputs, registry, renamed)
+
+
+def _check_licences(config: dict[str, Any], generators: dict[Modality, type[Generator]],
+                    binder: type[Binder] | None) -> None:
+    """With `run.commercial_only`, every plugin's weights must allow commercial use (a plugin
+    that declares no licence is refused too): one line naming the first that does not."""
+    if not config["run"]["commercial_only"]:
+        return
+    parts = [(cls, config[m.value], f"--gen-{m.value}") for m, cls in generators.items()]
+    if binder is not None:
+        parts.append((binder, config["binder"], "--binder"))
+    for cls, section, flag in parts:
+        licence = cls.licence_for(_model_id(section) or cls.default_model)
+        if licence is None or not licence.commercial:
+            terms = "declares no licence" if licence is None else f"loads weights under {licence.weights}"
+            raise SahError(f"{cls.name} {terms}, which does not allow commercial use, and run.commercial_only is "
+                           f"set; choose another {flag} (`sah plugins` lists each plugin's licence)")
 
 
 def _check_weights(config: dict[str, Any], generators: dict[Modality, type[Generator]],
@@ -262,20 +313,38 @@ def _construct(cls: type, model: str | None, device: torch.device, dtype: torch.
         raise plugin_failure(kind, cls.name, "to load", exc) from exc
 
 
-def _embed_targets(plan: RunPlan, binder: Binder | None, prompts: list[str]) -> dict[str, torch.Tensor]:
-    """Condition and prompt embeddings, computed once per run."""
-    targets: dict[str, torch.Tensor] = {}
+def _embed_targets(plan: RunPlan, binder: Binder | None, prompts: list[str],
+                   windows: Sequence[longform.Window] | None = None) -> dict[str, Any]:
+    """Condition and prompt embeddings, computed once per run; over several windows, the condition
+    as one embedding per window of its own stretch."""
+    targets: dict[str, Any] = {}
     if binder is None:
         return targets
     names = {t.target for t in plan.terms}
     with torch.no_grad(), plugin_call(binder, "embed"):
         if "condition" in names and plan.condition is not None:
-            targets["condition"] = binder.embed(plan.condition.to(binder.device)).float()
+            condition = plan.condition.to(binder.device)
+            if windows and len(windows) > 1 and isinstance(condition, (Audio, Video)):
+                targets["condition"] = [binder.embed(longform.segment(condition, w)).float() for w in windows]
+            else:
+                targets["condition"] = binder.embed(condition).float()
         if "text" in names:
             unique = sorted(set(prompts))
             table = binder.embed(Text(unique)).float()
             targets["text"] = table[[unique.index(p) for p in prompts]]
     return targets
+
+
+def output_windows(config: dict[str, Any], generators: Sequence[Generator],
+                   duration: float | None) -> list[longform.Window] | None:
+    """The windows of a run longer than its generators' longest single window (`run.window`, else
+    the smallest `max_duration` of the generators), or None for one window."""
+    if duration is None:
+        return None
+    run = config["run"]
+    limits = [run["window"]] if run["window"] > 0 else [g.max_duration for g in generators if g.max_duration]
+    windows = longform.plan(duration, min(limits) if limits else None, run["window_overlap"])
+    return windows if len(windows) > 1 else None
 
 
 def output_duration(config: dict[str, Any], condition: Media | None) -> float | None:
@@ -302,6 +371,7 @@ def generate(plan: RunPlan, models: Models | None = None, progress: ProgressFn |
     prompts = list(prompts) if prompts is not None else [run["prompt"]] * n
     seeds = [run["seed"] + i for i in range(n)]
     duration = output_duration(config, plan.condition)
+    windows = output_windows(config, list(models.generators.values()), duration)
     requests = {}
     for modality in task.generates:
         section = config[modality.value]
@@ -309,8 +379,9 @@ def generate(plan: RunPlan, models: Models | None = None, progress: ProgressFn |
             prompts=prompts, seeds=seeds, negative_prompt=run["negative_prompt"],
             num_steps=section["steps"] or run["steps"], cfg_scale=section["cfg_scale"], duration=duration)
     result = align(models.generators, requests, models.binder, plan.terms,
-                   _embed_targets(plan, models.binder, prompts),
-                   GuidanceSettings.from_config(config["guidance"]), on_step=progress, should_stop=should_stop)
+                   _embed_targets(plan, models.binder, prompts, windows),
+                   GuidanceSettings.from_config(config["guidance"]), on_step=progress, should_stop=should_stop,
+                   windows=windows, window_batch=run["window_batch"])
     samples = []
     for i in range(n):
         names = plan.outputs[i] if i < len(plan.outputs) else {}
@@ -327,9 +398,12 @@ def generate(plan: RunPlan, models: Models | None = None, progress: ProgressFn |
 
 
 def _sample_record(record: dict[str, Any], i: int) -> dict[str, Any]:
-    return {"tick": record["tick"], "progress": round(record["progress"], 6), "steps": record["steps"],
-            "similarity": {k: v[i] for k, v in record["similarity"].items()},
-            "loss": record["loss"][i] if record["loss"] else None, "skipped": record["skipped"]}
+    out = {"tick": record["tick"], "progress": round(record["progress"], 6), "steps": record["steps"],
+           "similarity": {k: v[i] for k, v in record["similarity"].items()},
+           "loss": record["loss"][i] if record["loss"] else None, "skipped": record["skipped"]}
+    if "windows" in record:  # a long output: each window's similarity toward its own stretch
+        out["windows"] = {k: v[i] for k, v in record["windows"].items()}
+    return out
 
 
 def versions(registry: Registry | None = None) -> dict[str, str]:
@@ -350,6 +424,8 @@ def save(result: RunResult, overwrite: bool | None = None) -> list[Path]:
     media beside it are complete."""
     plan = result.plan
     overwrite = plan.config["output"]["overwrite"] if overwrite is None else overwrite
+    if not overwrite:
+        _refuse_existing([p for paths in plan.outputs[:len(result.samples)] for p in paths.values()])
     written: list[Path] = []
     package_versions = versions(plan.registry)
     for sample, paths in zip(result.samples, plan.outputs):
@@ -360,6 +436,17 @@ def save(result: RunResult, overwrite: bool | None = None) -> list[Path]:
         with _sample_files(written, paths):
             _save_sample(result, sample, paths, condition, overwrite, written, package_versions)
     return written
+
+
+def _refuse_existing(paths: list[Path]) -> None:
+    """Before writing anything: files that appeared since the plan (another run, or this result
+    saved before) are not replaced unless asked, in the words of whoever asked."""
+    existing = [p for p in paths if p.exists()]
+    if existing:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        what = f"output {str(existing[0])!r}{more} already exists"
+        raise SahError(f"{what}; pass overwrite=True to sah.save (or set output.overwrite) to replace it, or plan "
+                       "again to number on", cli=f"{what}; pass --overwrite to replace it")
 
 
 @contextlib.contextmanager

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from abc import abstractmethod
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch.nn.functional as F
 from torch import Tensor
 
 from sah.component import Component
-from sah.media import Media, Modality
+from sah.media import Media, Modality, Video
 
 
 class Binder(Component):
@@ -39,3 +40,16 @@ class Binder(Component):
 
         A generator that can decode a subset of frames decodes only these during guidance."""
         return None
+
+
+def frames_at(video: Video, indices: Sequence[int]) -> Tensor:
+    """The frames `[B, len(indices), 3, H, W]` at these indices of the clip: a video decoded for
+    a subset (`frame_indices` set, possibly a covering superset of what was asked) is looked up by
+    index, a whole one sliced."""
+    if video.frame_indices is None:
+        return video.frames[:, list(indices)]
+    position = {index: k for k, index in enumerate(video.frame_indices)}
+    missing = sorted({int(i) for i in indices} - set(position))
+    if missing:
+        raise ValueError(f"the decoded frames lack {missing} of the frames the binder looks at")
+    return video.frames[:, [position[int(i)] for i in indices]]

@@ -45,10 +45,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "duration": 0.0,
         # round a duration taken from the condition up to whole seconds (the authors' V2A code)
         "whole_seconds": False,
+        # seconds of one window of a long output; 0: the generators' longest single window
+        "window": 0.0,
+        # how much consecutive windows overlap, as a fraction of a window
+        "window_overlap": 0.25,
+        # windows that are samples of their own (a latent without a time axis) guided this many at a time
+        "window_batch": 8,
+        # refuse, before anything loads, plugins whose weights' licence does not allow commercial use
+        "commercial_only": False,
     },
-    # max_seconds: a condition is read up to this many seconds (0: whole file), so a long input costs
-    # memory and binder time for that window only
-    "input": {"video": "", "audio": "", "image": "", "max_seconds": 30.0},
+    # max_seconds: a condition is read up to this many seconds (0: the whole file; a long output is
+    # sampled in windows, so length alone costs time, not memory)
+    "input": {"video": "", "audio": "", "image": "", "max_seconds": 0.0},
     "audio": {**_GENERATOR_KEYS, "generator": "toy-audio"},
     "video": {**_GENERATOR_KEYS, "generator": "toy-video"},
     "binder": {"name": "toy", "model": ""},
@@ -243,6 +251,11 @@ def _check_values(config: dict[str, Any]) -> None:
     need(run["seed"] >= 0, f"run.seed must be non-negative, got {run['seed']}")
     need(math.isfinite(run["duration"]) and run["duration"] >= 0,
          f"run.duration must be seconds >= 0 (0: as long as the condition), got {run['duration']}")
+    need(math.isfinite(run["window"]) and run["window"] >= 0,
+         f"run.window must be seconds >= 0 (0: the generator's own), got {run['window']}")
+    need(run["window_batch"] >= 1, f"run.window_batch must be at least 1, got {run['window_batch']}")
+    need(0 <= run["window_overlap"] <= 0.75,
+         f"run.window_overlap must be between 0 and 0.75 of a window, got {run['window_overlap']}")
     need(math.isfinite(config["input"]["max_seconds"]) and config["input"]["max_seconds"] >= 0,
          f"input.max_seconds must be a finite number >= 0 (0: no limit), got {config['input']['max_seconds']}")
     for section in ("audio", "video"):

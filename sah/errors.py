@@ -2,7 +2,21 @@
 
 
 class SahError(Exception):
-    """A problem with the user's input, config or environment, stated in one line."""
+    """A problem with the user's input, config or environment, stated in one line.
+
+    The message is written for a Python user (`overwrite=True`, `output.overwrite`); where the
+    command line's wording differs (`--overwrite`), `cli` holds that one and `sah` prints it."""
+
+    cli: str | None = None
+
+    def __init__(self, *args: object, cli: str | None = None) -> None:
+        super().__init__(*args)
+        if cli is not None:
+            self.cli = cli
+
+    def cli_message(self) -> str:
+        """The message as the command line says it."""
+        return self.cli or str(self)
 
 
 class ConfigError(SahError):

@@ -16,6 +16,7 @@ Metric names:
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
 import os
@@ -49,6 +50,7 @@ class Item:
     audio: Path | None = None
     sidecar: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # why it cannot be scored (an unreadable file): its row says so, the rest go on
 
     @property
     def prompt(self) -> str:
@@ -89,16 +91,20 @@ def _read_sidecar(path: Path) -> dict[str, Any] | None:
 
 
 def _from_sidecar(path: Path, meta: dict[str, Any]) -> Item:
-    files = {fmt: path.parent / name for fmt, name in meta["files"].items()}
+    files = {fmt: path.parent / str(name) for fmt, name in meta["files"].items()}
     video = files.get("mp4") if files.get("mp4") and files["mp4"].exists() else None
     audio = files.get("wav") if files.get("wav") and files["wav"].exists() else None
+    item = Item(str(meta.get("name") or path.stem), video, audio, path, meta)
     if video is None and audio is None:
-        raise SahError(f"{path}: the sidecar's media files are missing")
-    return Item(meta.get("name") or path.stem, video, audio, path, meta)
+        item.error = "the sidecar's media files are missing"
+    return item
 
 
 def _group(files: Iterable[Path]) -> list[Item]:
-    by_stem: dict[Path, dict[str, Path]] = {}
+    """One item per sah sidecar (with the media it lists), per video + audio pair of one stem, and
+    per other media file. Two videos (or two audios) of one stem, `test.mp4` and `test.webm`, are
+    two items, named with their suffixes: nothing says which belongs with which."""
+    by_stem: dict[Path, dict[str, list[Path]]] = {}
     for file in files:
         if file.name.startswith("."):  # hidden temp files of an atomic write in progress
             continue
@@ -106,14 +112,21 @@ def _group(files: Iterable[Path]) -> list[Item]:
         kind = "json" if suffix == ".json" else "video" if suffix in VIDEO_SUFFIXES else \
             "audio" if suffix in AUDIO_SUFFIXES else None
         if kind:
-            by_stem.setdefault(file.with_suffix(""), {})[kind] = file
+            by_stem.setdefault(file.with_suffix(""), {}).setdefault(kind, []).append(file)
     items = []
     for stem, found in sorted(by_stem.items()):
-        meta = _read_sidecar(found["json"]) if "json" in found else None
+        media = sorted(found.get("video", []) + found.get("audio", []))
+        meta = _read_sidecar(found["json"][0]) if "json" in found else None
         if meta is not None:
-            items.append(_from_sidecar(found["json"], meta))
-        elif "video" in found or "audio" in found:
-            items.append(Item(stem.name, found.get("video"), found.get("audio")))
+            item = _from_sidecar(found["json"][0], meta)
+            items.append(item)
+            media = [m for m in media if m not in (item.video, item.audio)]
+        videos = [m for m in media if m.suffix.lower() in VIDEO_SUFFIXES]
+        audios = [m for m in media if m.suffix.lower() in AUDIO_SUFFIXES]
+        if meta is None and len(videos) <= 1 and len(audios) <= 1 and media:
+            items.append(Item(stem.name, videos[0] if videos else None, audios[0] if audios else None))
+        else:
+            items.extend(Item(m.name, m if m in videos else None, m if m in audios else None) for m in media)
     return items
 
 
@@ -121,17 +134,23 @@ def find_items(paths: Sequence[str | os.PathLike]) -> list[Item]:
     """Clips under `paths` (files or folders, searched recursively): a sah sidecar with its media, or an
     mp4 with a wav of the same stem, or a lone mp4 (its own audio track) or wav."""
     files: list[Path] = []
+    given: set[Path] = set()
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            files.extend(p for p in sorted(path.rglob("*")) if p.is_file())
+            found = [p for p in sorted(path.rglob("*")) if p.is_file()]
+            files.extend(found)
+            given.update(found)
         elif path.is_file():
             files.append(path)
-            # an mp4 named alone still pairs with its wav and sidecar
-            files.extend(p for p in path.parent.glob(f"{path.stem}.*") if p != path and p.is_file())
+            given.add(path)
+            # a file named alone still pairs with its wav (or mp4) and sidecar of the same stem
+            files.extend(p for p in path.parent.glob(f"{glob.escape(path.stem)}.*") if p != path and p.is_file())
         else:
             raise SahError(f"{path}: no such file or folder")
-    items = list({item.key: item for item in _group(dict.fromkeys(files))}.values())
+    items = [item for item in _group(dict.fromkeys(files))
+             if given & {p for p in (item.video, item.audio, item.sidecar) if p is not None}]
+    items = list({item.key: item for item in items}.values())
     if not items:
         raise SahError(f"no sah outputs or mp4/wav files under {', '.join(map(str, paths))}")
     return items
@@ -183,9 +202,13 @@ def default_metrics(items: Sequence[Item], registry: Registry | None = None) -> 
 
 
 def _mp4_has_audio(item: Item) -> bool:
-    if item.video is None:
+    if item.video is None or item.error:
         return False
-    return io.probe(item.video)["audio"] is not None
+    try:
+        return io.probe(item.video)["audio"] is not None
+    except SahError as exc:  # unreadable: `evaluate` reports it in the item's row
+        item.error = str(exc)
+        return False
 
 
 def check_metrics(metrics: Sequence[str], registry: Registry | None = None) -> list[str]:
@@ -208,6 +231,17 @@ class _Clip:
 
 
 def _load(item: Item) -> _Clip:
+    """The item's media, or, for a file that cannot be read, an empty clip with `item.error` set."""
+    if item.error:
+        return _Clip(item, None, None)
+    try:
+        return _read(item)
+    except SahError as exc:
+        item.error = str(exc)
+        return _Clip(item, None, None)
+
+
+def _read(item: Item) -> _Clip:
     video = io.read_video(item.video) if item.video is not None else None
     audio = io.read_audio(item.audio) if item.audio is not None else video.audio if video is not None else None
     if video is not None:
@@ -340,7 +374,8 @@ def evaluate(items: Sequence[Item], metrics: Sequence[str], binders: dict[str, B
                          "seed": item.meta.get("seed"),
                          "files": {k: os.fspath(p) for k, p in (("video", item.video), ("audio", item.audio),
                                                                 ("sidecar", item.sidecar)) if p is not None},
-                         "scores": {m: score.get(m) for m in metrics}})
+                         "scores": {m: None if item.error else score.get(m) for m in metrics},
+                         "error": item.error})
     return EvalReport(list(metrics), rows, summarize(rows, metrics))
 
 
@@ -360,19 +395,69 @@ def write_json(report: EvalReport, path: str | os.PathLike, overwrite: bool = Tr
     return io.write_text_atomic(path, json.dumps(report.to_json(), indent=2) + "\n", overwrite=overwrite)
 
 
+FOLDER_SCORES = "eval.json"
+
+
+def update_folder_scores(report: EvalReport, folder: str | os.PathLike) -> Path | None:
+    """Write or update FOLDER/eval.json, the scores `sah report FOLDER` shows, with the rows of the
+    clips under FOLDER. Rows of clips scored before and not now are kept while their files exist,
+    so scoring a folder bit by bit, or with one metric and then another, adds up. Paths in this file
+    are relative to FOLDER (`"base": "."`), so the folder can be moved. None when no clip is there."""
+    root = Path(folder).resolve()
+    path = root / FOLDER_SCORES
+
+    def inside(file: str) -> bool:
+        return Path(file).resolve().is_relative_to(root)
+
+    def rebased(row: dict[str, Any], base: Path) -> dict[str, Any]:
+        files = {k: os.path.relpath((base / v).resolve(), root) for k, v in row["files"].items()}
+        return {**row, "files": files}
+
+    new = [rebased(r, Path.cwd()) for r in report.rows if r["files"] and all(inside(f) for f in r["files"].values())]
+    if not new:
+        return None
+    metrics = list(report.metrics)
+    old_rows: list[dict[str, Any]] = []
+    try:
+        old = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+        base = root if old.get("base") == "." else Path.cwd()
+        old_rows = [rebased(r, base) for r in old.get("items", [])]
+        metrics += [m for m in old.get("metrics", []) if m not in metrics]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        old_rows = []  # not a scores file of ours: replaced
+    before = {_row_key(r): r for r in old_rows}
+    # a clip scored again keeps its scores on the metrics not asked for this time
+    new = [{**r, "scores": {**before.get(_row_key(r), {}).get("scores", {}), **r["scores"]}} for r in new]
+    scored = {_row_key(r) for r in new}
+    kept = [r for r in old_rows if _row_key(r) not in scored and all((root / f).exists() for f in r["files"].values())]
+    rows = sorted([*new, *kept], key=lambda r: (r["files"].get("sidecar") or r["files"].get("video")
+                                                or r["files"].get("audio") or ""))
+    rows = [{**r, "scores": {m: r.get("scores", {}).get(m) for m in metrics}} for r in rows]
+    merged = EvalReport(metrics, rows, summarize(rows, metrics))
+    text = json.dumps({**merged.to_json(), "base": "."}, indent=2) + "\n"
+    return io.write_text_atomic(path, text, overwrite=True)
+
+
+def _row_key(row: dict[str, Any]) -> str:
+    files = row["files"]
+    return str(files.get("sidecar") or files.get("video") or files.get("audio"))
+
+
 def write_csv(report: EvalReport, path: str | os.PathLike, overwrite: bool = True) -> Path:
-    """One row per item: name, task, prompt, seed, video, audio, then one column per metric (empty = n/a)."""
+    """One row per item: name, task, prompt, seed, video, audio, one column per metric (empty = n/a),
+    then why the item could not be scored (empty when it was)."""
     import io as stdio
 
     buffer = stdio.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "task", "prompt", "seed", "video", "audio", *report.metrics])
+    writer.writerow(["name", "task", "prompt", "seed", "video", "audio", *report.metrics, "error"])
     for row in report.rows:
         writer.writerow([row["name"], row["task"], row["prompt"], "" if row["seed"] is None else row["seed"],
                          row["files"].get("video", ""), row["files"].get("audio", ""),
-                         *("" if row["scores"][m] is None else row["scores"][m] for m in report.metrics)])
+                         *("" if row["scores"][m] is None else row["scores"][m] for m in report.metrics),
+                         row.get("error") or ""])
     return io.write_text_atomic(path, buffer.getvalue(), overwrite=overwrite)
 
 
-__all__ = ["AV_ALIGN", "EvalReport", "Item", "available_metrics", "binder_metrics", "default_metrics", "evaluate",
-           "find_items", "load_binders", "summarize", "write_csv", "write_json"]
+__all__ = ["AV_ALIGN", "FOLDER_SCORES", "EvalReport", "Item", "available_metrics", "binder_metrics", "default_metrics",
+           "evaluate", "find_items", "load_binders", "summarize", "update_folder_scores", "write_csv", "write_json"]

@@ -92,8 +92,13 @@ class Generator(Component):
     supports_prompt_tuning: ClassVar[bool] = False
     #: `decode(latents, frames=...)` decodes only those frames (video generators).
     supports_frame_subset: ClassVar[bool] = False
-    #: The longest output one run can make, in seconds (None: no limit the generator knows of).
+    #: The longest output one window can make, in seconds (None: no limit the generator knows of).
+    #: A longer run is sampled as overlapping windows of this length (`sah.longform`).
     max_duration: ClassVar[float | None] = None
+    #: The latent's time axis (counting the batch as 0), if it has one: a long run then keeps one
+    #: latent and slices its windows from it, which needs `predict_noise`, `predict_x0` and
+    #: `decode` to accept latents cut along this axis; without one, each window is its own sample.
+    time_axis: ClassVar[int | None] = None
     #: During guidance the binder sees all that `decode` gives, not only the run's `duration`
     #: (the Seeing-and-Hearing authors embed the vocoder's whole output). Plugins may set it per
     #: instance from an option.
@@ -134,6 +139,10 @@ class Generator(Component):
 
     def num_frames(self) -> int | None:
         """How many frames a decode yields (video generators), so a binder can choose its subset."""
+        return None
+
+    def latent_frame_seconds(self) -> float | None:
+        """Seconds of output per latent frame along `time_axis`."""
         return None
 
     def latent_scale(self, trajectory: Trajectory, index: int) -> float:

@@ -25,6 +25,57 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
 
 
+def _home(path: Path) -> str:
+    """A path as a user types it: under the home folder as `~/...`."""
+    try:
+        return "~/" + path.expanduser().relative_to(Path.home()).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def hf_cache_dir() -> Path:
+    """Where huggingface_hub keeps downloads ($HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub)."""
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
+def sah_cache_dir() -> Path:
+    """Where sah keeps files it downloads itself: $SAH_CACHE, else $XDG_CACHE_HOME/sah, else ~/.cache/sah."""
+    if os.environ.get("SAH_CACHE"):
+        return Path(os.environ["SAH_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "sah"
+
+
+def download_target(url: str) -> Path:
+    """Where sah puts (and looks for) the file at `url`: SAH_CACHE/<the URL's last folder>/<its name>,
+    e.g. ~/.cache/sah/imagebind/imagebind_huge.pth for ImageBind's checkpoint."""
+    parts = [p for p in urlparse(url).path.split("/") if p]
+    return sah_cache_dir().joinpath(*parts[-2:]) if parts else sah_cache_dir()
+
+
+def hf_download_command(repo_id: str) -> str:
+    """The command that fetches a hub repository into the cache: `hf download ID` (huggingface_hub 1.0
+    renamed `huggingface-cli download ID` to that)."""
+    import importlib.metadata
+
+    try:
+        major = int(importlib.metadata.version("huggingface_hub").split(".")[0])
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        major = 1
+    return f"{'hf' if major >= 1 else 'huggingface-cli'} download {repo_id}"
+
+
+def fetch_advice(ref: str) -> str:
+    """How to get one missing weight: the exact command and where it puts the files."""
+    if is_url(ref):
+        target = _home(download_target(ref))
+        return f"fetch it with `curl -L --create-dirs -o {target} {ref}`"
+    if is_hub_id(ref):
+        return f"fetch it with `{hf_download_command(ref)}` (into {_home(hf_cache_dir())})"
+    return ""
+
+
 def is_local_path(model: str) -> bool:
     """A model name that names a filesystem location rather than a hub id."""
     return model.startswith((".", "/", "~")) or Path(model).expanduser().exists()
@@ -50,8 +101,8 @@ def load_pretrained(loader: Callable[..., T], model: str, *, flag: str, what: st
             raise SahError(f"{what} at {model!r} could not be loaded: {first}") from exc
         reason = "HF_HUB_OFFLINE is set" if offline() else "the hub could not be reached or has no such repository"
         raise SahError(
-            f"{what} {model!r} is not in the local Hugging Face cache and {reason}; download it where there is "
-            f"internet (huggingface-cli download {model}) or pass a local copy with {flag} PATH"
+            f"{what} {model!r} is not in the local Hugging Face cache and {reason}; where there is internet, "
+            f"{fetch_advice(model)}, or pass a local copy with {flag} PATH"
         ) from exc
 
 
@@ -114,6 +165,11 @@ def check_weights(refs: list[tuple[str, str]]) -> None:
     missing = [(ref, flag) for ref, flag in dict.fromkeys(refs) if is_url(ref) or not available_locally(ref)]
     if all(_fetchable(ref) for ref, _ in missing):
         return
-    names = "; ".join(f"{ref!r} ({flag}): {_why_missing(ref)}" for ref, flag in missing)
-    raise SahError(f"model weights not available offline: {names}; download them where there is internet, or "
-                   "pass local copies with the flags named (HF_HUB_OFFLINE=1 skips the network)")
+    names = "; ".join(f"{ref!r} ({flag}): {_why_missing(ref)}" + (f", {fetch_advice(ref)}" if fetch_advice(ref) else "")
+                      for ref, flag in missing)
+    if not any(fetch_advice(ref) for ref, _ in missing):
+        raise SahError(f"model weights not available offline: {names}; pass existing paths with the flags named")
+    why = "HF_HUB_OFFLINE is set" if offline() else \
+        "the network could not be reached; HF_HUB_OFFLINE=1 skips this check"
+    raise SahError(f"model weights not available offline: {names}; run the commands where there is internet and copy "
+                   f"what they fetch to the same place here, or pass local copies with the flags named ({why})")

@@ -340,15 +340,92 @@ def _probe_video(container: Any) -> dict[str, Any] | None:
     }
 
 
+# Size fields that streaming writers leave in a RIFF header: "unknown", not a claim to check.
+_RIFF_UNKNOWN = (0, 0xFFFFFFFF)
+# Enough for any real file (a fragmented mp4 has two boxes per fragment); a bound on the header walk.
+_MAX_BOXES = 100_000
+
+
+def _iso_overrun(handle: Any, size: int) -> tuple[str, int] | None:
+    """The first top-level ISO-BMFF box (mp4, mov, m4a) that runs past the end of the file, as
+    (box type, byte where it says it ends). A faststart file cut short still opens, since its
+    index comes first, but its last box, the media data, says how long it should be."""
+    offset = 0
+    for _ in range(_MAX_BOXES):
+        if offset >= size:
+            return None
+        handle.seek(offset)
+        header = handle.read(16)
+        if len(header) < 8:
+            return "box header", offset + 8
+        box_size, kind = int.from_bytes(header[:4], "big"), header[4:8].decode("latin-1")
+        if not all(" " <= c <= "~" or c == "\xa9" for c in kind):
+            return None  # bytes after the last box that are no box (appended junk): not a size claim
+        if box_size == 1:  # a 64-bit size follows the type
+            if len(header) < 16:
+                return f"{kind!r} box header", offset + 16
+            box_size = int.from_bytes(header[8:16], "big")
+        elif box_size == 0:  # "to the end of the file"
+            return None
+        if box_size < 8:  # not a size ffmpeg would have accepted either; nothing to compare
+            return None
+        if offset + box_size > size:
+            return f"{kind!r} box", offset + box_size
+        offset += box_size
+    return None
+
+
+def _riff_overrun(handle: Any, size: int) -> tuple[str, int] | None:
+    """The wav chunk, up to and including the sample data, that runs past the end of the file."""
+    head = handle.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return None  # RF64 and other variants: not checked
+    offset = 12
+    while offset + 8 <= size:
+        handle.seek(offset)
+        chunk = handle.read(8)
+        kind, chunk_size = chunk[:4].decode("latin-1"), int.from_bytes(chunk[4:8], "little")
+        if kind == "data" and chunk_size in _RIFF_UNKNOWN:
+            return None
+        if offset + 8 + chunk_size > size:
+            return f"{kind!r} chunk", offset + 8 + chunk_size
+        if kind == "data":
+            return None
+        offset += 8 + chunk_size + (chunk_size & 1)  # chunks are padded to an even length
+    return None
+
+
+def _check_not_cut(path: StrPath, format_name: str) -> None:
+    """MediaError when the container's own size fields say the file is longer than it is."""
+    formats = set(format_name.split(","))
+    walk = _iso_overrun if formats & {"mov", "mp4"} else _riff_overrun if "wav" in formats else None
+    if walk is None:
+        return
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            overrun = walk(handle, size)
+    except OSError as exc:
+        raise _error(path, f"cannot access ({_reason(exc)})") from exc
+    if overrun is not None:
+        what, end = overrun
+        raise _error(path, f"corrupt or truncated: its {what} ends at byte {end:,} but the file has {size:,} bytes")
+
+
 def probe(path: StrPath) -> dict[str, Any]:
     """What a file holds, from its headers only (no full decode): cheap enough to validate inputs up front.
 
     Keys: path, format, duration (seconds or None), is_image, audio (codec, sample_rate, channels,
     duration) or None, video (codec, width, height, fps, num_frames, duration) or None. Counts and
     durations are the container's claims; a file can still fail to decode later.
+
+    A file cut short is refused when its container says how long it should be: an mp4/mov/m4a whose
+    last box (the media data, in a faststart file) runs past the end, or a wav whose data chunk does.
+    That costs a few small reads of box and chunk headers, not a decode.
     """
     with _open_input(path) as container:
         format_name = container.format.name
+        _check_not_cut(path, format_name)
         info = {
             "path": os.fspath(path),
             "format": format_name,

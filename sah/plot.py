@@ -67,19 +67,25 @@ def draw(path: str | os.PathLike, trace: Sequence[dict[str, Any]], *, num_steps:
     fig = Figure(figsize=(8, sum(h for _, h in rows) + 0.8), dpi=100, layout="constrained")
     axes = fig.subplots(len(rows), 1, height_ratios=[h for _, h in rows], squeeze=False)[:, 0]
     ax = axes[0]
-    ax.axvspan(window[0] * num_steps, window[1] * num_steps, color="tab:green", alpha=0.12, label="guided window")
+    if window[1] > window[0]:  # an unguided run has no window to shade, nor to name in the legend
+        ax.axvspan(window[0] * num_steps, window[1] * num_steps, color="tab:green", alpha=0.12, label="guided window")
     # progress is (i + 1) / steps after step i: plot at the step index i, as the window is [start, end) * steps
     terms = sorted({k for record in trace for k in record.get("similarity", {})})
     for term in terms:
         xs = [r["progress"] * num_steps - 1 for r in trace if term in r.get("similarity", {})]
         ys = [r["similarity"][term] for r in trace if term in r.get("similarity", {})]
-        ax.plot(xs, ys, marker=".", label=term)
+        line, = ax.plot(xs, ys, marker=".", label=term + (" (mean of windows)" if "windows" in trace[0] else ""))
+        # a long output: each window's similarity toward its own stretch, thin, in the term's colour
+        per_window = [r["windows"][term] for r in trace if term in r.get("windows", {})]
+        for k in range(len(per_window[0]) if per_window else 0):
+            ax.plot(xs, [w[k] for w in per_window], color=line.get_color(), alpha=0.25, linewidth=0.7)
     if not terms:
         ax.text(0.5, 0.5, "unguided: no similarity trace", ha="center", va="center", transform=ax.transAxes)
     ax.set_xlim(0, num_steps)
     ax.set_xlabel("denoising step")
     ax.set_ylabel("cosine similarity")
-    ax.legend(loc="lower right", fontsize="small")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="lower right", fontsize="small")
     ax.set_title(title, fontsize="medium")
     media_axes = {name: a for (name, _), a in zip(rows[1:], axes[1:])}
     if video is not None:

@@ -1,5 +1,8 @@
 """Where the reference data of official implementations lies: `$SAH_REFERENCE_DIR`, else
-`shared/reference` beside the checkout (the project's layout). Tests read it; sah never does."""
+`shared/reference` beside the checkout (the project's layout). Tests read it; sah never does.
+
+It is required: a test that finds it missing fails (tests/conftest.py turns a skip that names this
+folder into a failure), so a run without it cannot pass by skipping the parity tests."""
 
 import os
 from pathlib import Path

@@ -9,8 +9,9 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
-from media_helpers import blob_frames, write_mp4
+from media_helpers import blob_frames, truncate_file, write_mp4
 
 from sah.batch import BatchProgress, read_manifest, run_batch
 from sah.batch.state import FAILURES, is_done
@@ -222,3 +223,118 @@ def _jobs(manifest: Path, out: Path):
     jobs, bad = make_jobs(read_manifest(manifest), STEPS, out.resolve(), get_registry())
     assert not bad
     return jobs
+
+
+# --------------------------------------------------------------------------- resume meets damaged outputs
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A finished batch of two rows: 'pair' (two samples, joint) and 'solo' (one sample), 4 steps."""
+    folder = tmp_path_factory.mktemp("finished")
+    rows = [{"id": "pair", "prompt": "north", "seed": 3, "set": {"run.num_samples": 2}},
+            {"id": "solo", "prompt": "south", "seed": 8}]
+    manifest = folder / "jobs.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = folder / "out"
+    summary = run_batch(manifest, out, layers=[{"run": {"steps": 4}}])
+    assert (summary.done, summary.failed) == (2, 0)
+    return manifest, out
+
+
+def _copy_of(finished, tmp_path) -> tuple[Path, Path, dict]:
+    import shutil
+
+    manifest, out = finished
+    copy = shutil.copytree(out, tmp_path / "out", ignore=shutil.ignore_patterns(".sah-batch.lock"))
+    from sah.batch.state import make_jobs
+    from sah.registry import get_registry
+
+    jobs, bad = make_jobs(read_manifest(manifest), [{"run": {"steps": 4}}], copy.resolve(), get_registry())
+    assert not bad
+    return manifest, copy, {job.id: job for job in jobs}
+
+
+def _resume(manifest: Path, out: Path):
+    return run_batch(manifest, out, layers=[{"run": {"steps": 4}}])
+
+
+def test_finished_outputs_count_as_done(finished, tmp_path):
+    manifest, out, jobs = _copy_of(finished, tmp_path)
+    assert sorted(p.name for p in out.glob("pair*")) == [f"pair-{i}.{ext}" for i in (0, 1)
+                                                         for ext in ("json", "mp4", "png", "wav")]
+    assert is_done(jobs["pair"]) and is_done(jobs["solo"])
+    again = _resume(manifest, out)
+    assert (again.already_done, again.ran) == (2, [])
+
+
+def test_a_two_sample_row_with_only_sample_0_written_is_not_done(finished, tmp_path):
+    manifest, out, jobs = _copy_of(finished, tmp_path)
+    for path in out.glob("pair-1.*"):  # a worker killed between the two samples' saves
+        path.unlink()
+    assert is_done(jobs["solo"]) and not is_done(jobs["pair"])
+    sample0 = (out / "pair-0.json").read_text()
+    again = _resume(manifest, out)
+    assert (again.already_done, again.ran) == (1, ["pair"])
+    assert is_done(jobs["pair"])
+    assert json.loads((out / "pair-1.json").read_text())["seed"] == 4  # sample 1: seed + 1
+    assert json.loads(sample0)["seed"] == json.loads((out / "pair-0.json").read_text())["seed"] == 3
+
+
+def test_a_sidecar_of_another_seed_or_prompt_is_not_done(finished, tmp_path):
+    manifest, out, jobs = _copy_of(finished, tmp_path)
+    sidecar = out / "pair-1.json"
+    data = json.loads(sidecar.read_text())
+    sidecar.write_text(json.dumps({**data, "seed": 3}))  # sample 0's seed under sample 1's name
+    assert not is_done(jobs["pair"])
+    sidecar.write_text(json.dumps({**data, "prompt": "south"}))
+    assert not is_done(jobs["pair"])
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "pair-1.wav").write_bytes((out / "pair-1.wav").read_bytes())
+    sidecar.write_text(json.dumps({**data, "files": {**data["files"], "wav": "../elsewhere/pair-1.wav"}}))
+    assert not is_done(jobs["pair"])  # a sidecar naming a (playable) file outside its folder
+    sidecar.write_text(json.dumps(data)[:-20])  # cut mid-write by something that is not sah
+    assert not is_done(jobs["pair"])
+
+
+@pytest.mark.parametrize("damage", ["garbage", "third", "header-only"])
+def test_a_damaged_wav_is_not_done(finished, tmp_path, damage):
+    manifest, out, jobs = _copy_of(finished, tmp_path)
+    wav = out / "solo.wav"
+    data = wav.read_bytes()
+    if damage == "garbage":  # same size, random bytes: a disk or copy gone wrong
+        wav.write_bytes(np.random.default_rng(0).integers(0, 256, len(data), dtype=np.uint8).tobytes())
+    elif damage == "third":
+        wav.write_bytes(data[: len(data) // 3])
+    else:
+        wav.write_bytes(data[:44])
+    assert is_done(jobs["pair"]) and not is_done(jobs["solo"])
+    again = _resume(manifest, out)
+    assert again.ran == ["solo"] and is_done(jobs["solo"])
+    assert read_audio(wav).num_samples == len(data[44:]) // 2
+
+
+def test_a_playable_file_of_the_wrong_kind_is_not_done(finished, tmp_path):
+    manifest, out, jobs = _copy_of(finished, tmp_path)
+    silent = write_mp4(tmp_path / "silent.mp4", blob_frames(1, 8, 32, 32), fps=8)
+    (out / "solo.wav").write_bytes(silent.read_bytes())  # pictures and no sound, named .wav
+    assert not is_done(jobs["solo"])
+    (out / "pair-0.mp4").write_bytes((out / "pair-0.wav").read_bytes())  # sound and no pictures, named .mp4
+    assert not is_done(jobs["pair"])
+    assert _resume(manifest, out).ran == ["pair", "solo"]
+
+
+@pytest.mark.parametrize("keep", [1 / 3, 0.9])
+def test_a_truncated_mp4_with_its_sidecar_is_not_done(finished, tmp_path, keep):
+    """sah's mp4s are faststart: the index comes first, so a cut file still opens and its header
+    promises every frame. read_video refuses it; the resume check must not call it done."""
+    manifest, out, jobs = _copy_of(finished, tmp_path)
+    mp4 = out / "solo.mp4"
+    size = mp4.stat().st_size
+    truncate_file(mp4, keep)
+    with pytest.raises(SahError):
+        read_video(mp4)
+    assert is_done(jobs["pair"]) and not is_done(jobs["solo"])
+    again = _resume(manifest, out)
+    assert again.ran == ["solo"] and is_done(jobs["solo"])
+    assert read_video(mp4).num_frames == world.NUM_FRAMES and mp4.stat().st_size == size

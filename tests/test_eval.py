@@ -132,9 +132,11 @@ def test_sah_eval_on_toy_run_outputs(tmp_path):
         assert result.exit_code == 0, result.output
     nothing = invoke("run", "--prompt", "west", "--seed", 5, "--steps", 4, "--out", out, "--quiet", "--no-plot")
     assert nothing.exit_code == 0
-    assert not (out / "joint-5.png").exists() and "png" not in json.loads((out / "joint-5.json").read_text())["files"]
-    (out / "joint-5.json").unlink()
-    for stem in ("joint-5.mp4", "joint-5.wav"):
+    # the third run into the folder is joint-2 (outputs are numbered by run and sample, the seed is in the sidecar)
+    assert not (out / "joint-2.png").exists() and "png" not in json.loads((out / "joint-2.json").read_text())["files"]
+    assert json.loads((out / "joint-2.json").read_text())["seed"] == 5
+    (out / "joint-2.json").unlink()
+    for stem in ("joint-2.mp4", "joint-2.wav"):
         (out / stem).unlink()
 
     for stem in ("joint-0", "joint-1"):  # the per-run plot
@@ -180,3 +182,91 @@ def test_run_without_matplotlib_says_plots_are_off(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "matplotlib is not installed: plots are off" in result.output
     assert sorted(p.suffix for p in tmp_path.iterdir()) == [".json", ".mp4", ".wav"]
+
+
+def test_list_metrics_needs_no_paths():
+    result = invoke("eval", "--list-metrics")
+    assert result.exit_code == 0, result.output
+    assert {"toy-av", "av-align", "toy-hit"} <= set(result.output.split())
+    missing = CliRunner().invoke(cli, ["eval"])
+    assert missing.exit_code == 2 and "Missing argument 'PATHS...'" in missing.output
+
+
+def test_an_unreadable_file_is_reported_in_its_row_and_the_rest_are_scored(tmp_path):
+    write_mp4(tmp_path / "good.mp4", jumping_square(), fps=FPS)
+    write_wav(tmp_path / "good.wav", clicks(16000)[None], 16000)
+    (tmp_path / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    result = CliRunner().invoke(cli, ["eval", str(tmp_path), "--metric", "av-align", "--json", str(tmp_path / "s.json"),
+                                      "--csv", str(tmp_path / "s.csv")])
+    assert result.exit_code == 1, result.output  # some clips failed: said, and the exit code tells a script
+    rows = {r["name"]: r for r in json.loads((tmp_path / "s.json").read_text())["items"]}
+    assert set(rows) == {"good", "broken", "empty"}
+    assert rows["good"]["error"] is None and rows["good"]["scores"]["av-align"] == pytest.approx(EXPECTED, abs=1e-6)
+    assert "broken.mp4" in rows["broken"]["error"] and rows["broken"]["scores"] == {"av-align": None}
+    assert "empty.wav" in rows["empty"]["error"] and "is empty" in rows["empty"]["error"]
+    assert "could not score broken" in result.stderr and "2 of 3 clip(s) could not be scored" in result.stderr
+    csv_rows = {r["name"]: r for r in csv.DictReader((tmp_path / "s.csv").open())}
+    assert csv_rows["good"]["error"] == "" and csv_rows["broken"]["error"]
+    assert json.loads((tmp_path / "s.json").read_text())["summary"]["av-align"]["n"] == 1
+
+
+def test_files_sharing_a_stem_are_separate_rows(tmp_path):
+    write_mp4(tmp_path / "test.mp4", jumping_square(4, 16), fps=FPS)
+    write_mp4(tmp_path / "test.webm.mp4", jumping_square(4, 16), fps=FPS)
+    (tmp_path / "test.webm.mp4").rename(tmp_path / "test.webm")  # any container: named by its suffix
+    write_wav(tmp_path / "test.wav", clicks(16000, 0.5)[None], 16000)
+    write_mp4(tmp_path / "pair.mp4", jumping_square(4, 16), fps=FPS)
+    write_wav(tmp_path / "pair.wav", clicks(16000, 0.5)[None], 16000)
+    items = evaluation.find_items([tmp_path])
+    assert sorted((i.name, i.video and i.video.name, i.audio and i.audio.name) for i in items) == [
+        ("pair", "pair.mp4", "pair.wav"), ("test.mp4", "test.mp4", None), ("test.wav", None, "test.wav"),
+        ("test.webm", "test.webm", None)]
+    # naming one file scores that file (with its pair), not its namesakes
+    assert [i.name for i in evaluation.find_items([tmp_path / "test.mp4"])] == ["test.mp4"]
+    assert [(i.name, i.audio.name) for i in evaluation.find_items([tmp_path / "pair.mp4"])] == [("pair", "pair.wav")]
+
+
+def test_readme_order_eval_then_report_shows_the_scores(tmp_path):
+    """`sah eval outputs/ --json scores.json` then `sah report outputs/`: the folder keeps its scores
+    (outputs/eval.json, paths relative to it), later evals update it, and the page shows them."""
+    out = tmp_path / "outputs"
+    for prompt in ("north", "east"):
+        assert invoke("run", "--prompt", prompt, "--steps", 8, "--out", out, "--quiet", "--no-plot").exit_code == 0
+    result = invoke("eval", out, "--json", tmp_path / "scores.json", "--metric", "toy-hit")
+    assert result.exit_code == 0, result.output
+    kept = json.loads((out / "eval.json").read_text())
+    assert kept["base"] == "." and [r["files"]["sidecar"] for r in kept["items"]] == ["joint-0.json", "joint-1.json"]
+    assert invoke("eval", out / "joint-1.mp4", "--metric", "toy-valid").exit_code == 0  # a file: the folder's is kept
+    assert invoke("eval", out, "--metric", "av-align").exit_code == 0  # another metric: added, not replacing
+    kept = json.loads((out / "eval.json").read_text())
+    assert kept["metrics"] == ["av-align", "toy-hit"] and all(r["scores"]["toy-hit"] == 1.0 for r in kept["items"])
+    moved = tmp_path / "moved"
+    out.rename(moved)  # the folder's scores travel with it
+    page = CliRunner().invoke(cli, ["report", str(moved)])
+    assert page.exit_code == 0 and "no scores" not in page.stderr
+    html = (moved / "index.html").read_text()
+    assert "toy-hit" in html and "av-align" in html and 'data-m-toy-hit="1.0"' in html
+    empty = tmp_path / "fresh"
+    assert invoke("run", "--steps", 3, "--out", empty, "--quiet", "--no-plot").exit_code == 0
+    unscored = CliRunner().invoke(cli, ["report", str(empty)])
+    assert unscored.exit_code == 0 and f"`sah eval {empty}` writes" in unscored.stderr
+    assert invoke("eval", empty, "--no-save", "--metric", "toy-hit").exit_code == 0
+    assert not (empty / "eval.json").exists()
+
+
+def test_unguided_plot_has_no_guided_window_in_its_legend(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from sah import plot
+    from sah.media import Audio
+
+    drawn = []
+    monkeypatch.setattr(Figure, "savefig", lambda fig, *a, **k: drawn.append(fig))
+    audio = Audio(torch.zeros(1, 1, 16000), 16000)
+    plot.draw(tmp_path / "u.png", [], num_steps=10, window=(0.0, 0.0), audio=audio)
+    plot.draw(tmp_path / "g.png", [{"progress": 0.5, "similarity": {"audio~text": 0.3}}], num_steps=10,
+              window=(0.2, 1.0), audio=audio)
+    unguided, guided = (fig.axes[0] for fig in drawn)
+    assert unguided.get_legend() is None and not unguided.patches
+    assert [t.get_text() for t in guided.get_legend().get_texts()] == ["guided window", "audio~text"]

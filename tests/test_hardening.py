@@ -21,8 +21,8 @@ model constructed (the toy plugins' `__init__` is patched to fail), nothing crea
 | 8-bit, 24-bit, float WAV; 6 ch; 8 / 192 kHz   | a2v output as for the plain 16-bit 16 kHz mono tone             |
 | 1×1 video                                     | v2a output: finite 1 s wav, playable mp4 padded to 2×2          |
 | one 4K frame (png)                            | i2a output of the blob's class                                  |
-| 10-minute audio / video                       | only the first input.max_seconds (30 s) read, one warning;      |
-|                                               | output of the right class                                       |
+| 10-minute audio / video                       | read whole by default (long outputs are windowed); with         |
+|                                               | input.max_seconds=30 only 30 s read, one warning; right class   |
 | spaces and unicode in input and --out paths   | v2a output of the right class                                   |
 | empty prompt                                  | joint output, no text term                                      |
 | 5,000-character prompt                        | joint output; sidecar keeps it whole (tokenizers truncate)      |
@@ -268,11 +268,14 @@ def test_empty_and_very_long_prompts(tmp_path):
 def test_ten_minute_inputs_are_read_as_a_window(tmp_path, plain_a2v_class):
     wav = write_pcm_wav(tmp_path / "long.wav", tone(world.FREQUENCIES[3], 600.0, 8000), 8000, "pcm_s16le")
     clip = write_lossless_video(tmp_path / "long.mkv", blob_frames(2, 1200, 32, 32), 2)  # 10 min at 2 fps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # the whole file, without a word
+        assert api.plan({"input": {"audio": str(wav)}}).condition.num_samples == 600 * 8000
     with pytest.warns(UserWarning, match=r"600\.0 s long; only its first 30 s are used"):
-        planned = api.plan({"input": {"audio": str(wav)}})
+        planned = api.plan({"input": {"audio": str(wav), "max_seconds": 30.0}})
     assert planned.condition.num_samples == 30 * 8000
     with pytest.warns(UserWarning, match="only its first 30 s"):
-        planned = api.plan({"input": {"video": str(clip)}})
+        planned = api.plan({"input": {"video": str(clip), "max_seconds": 30.0}})
     assert planned.condition.num_frames == 60
     with pytest.warns(UserWarning, match="only its first 5 s"):
         assert api.plan({"input": {"video": str(clip), "max_seconds": 5.0}}).condition.num_frames == 10
@@ -280,8 +283,8 @@ def test_ten_minute_inputs_are_read_as_a_window(tmp_path, plain_a2v_class):
     out = tmp_path / "out"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        _run_ok("--audio", wav, "--out", out)
-        _run_ok("--video", clip, "--out", out)
+        _run_ok("--audio", wav, "--out", out, "--set", "input.max_seconds=30")
+        _run_ok("--video", clip, "--out", out, "--set", "input.max_seconds=30")
     assert int(oracle.video_class(io.read_video(out / "a2v-0.mp4"))[0]) == plain_a2v_class
     assert int(oracle.audio_class(io.read_audio(out / "v2a-0.wav"))[0]) == 2
     assert io.read_video(out / "v2a-0.mp4").num_frames == 60  # the dubbed clip is the window

@@ -309,11 +309,98 @@ def _bad_file(kind: str, tmp_path: Path, media: dict[str, Path]) -> Path:
 @pytest.mark.parametrize("reader", [io.read_video, io.read_audio, io.read_image, io.probe])
 def test_bad_files_raise_one_line_media_error(tmp_path, media, kind, reader):
     path = _bad_file(kind, tmp_path, media)
-    if kind == "truncated_faststart" and reader in (io.read_image, io.probe):
-        pytest.skip("the index and first frames survive: only reading everything finds the cut")
+    if kind == "truncated_faststart" and reader is io.read_image:
+        pytest.skip("the index and first frame survive: a still needs no more of the file")
     with pytest.raises(MediaError) as excinfo:
         reader(path)
     _assert_one_line_error(excinfo, path)
+
+
+def _boxes(data: bytes) -> list[tuple[bytes, int, int]]:
+    """Top-level ISO-BMFF boxes as (type, offset, size), read independently of sah."""
+    boxes, offset = [], 0
+    while offset < len(data):
+        size = int.from_bytes(data[offset : offset + 4], "big")
+        kind = data[offset + 4 : offset + 8]
+        if size == 1:
+            size = int.from_bytes(data[offset + 8 : offset + 16], "big")
+        boxes.append((kind, offset, size))
+        offset += size
+    return boxes
+
+
+def _wav_with_chunk_before_data(path: Path, extra: bytes) -> Path:
+    """A 16-bit mono 8 kHz wav with an odd-length 'junk' chunk (and its pad byte) before 'data'."""
+    samples = (np.sin(np.arange(800) / 5) * 8000).astype("<i2").tobytes()
+    fmt = (1).to_bytes(2, "little") + (1).to_bytes(2, "little") + (8000).to_bytes(4, "little") \
+        + (16000).to_bytes(4, "little") + (2).to_bytes(2, "little") + (16).to_bytes(2, "little")
+    chunks = b"fmt " + len(fmt).to_bytes(4, "little") + fmt
+    chunks += b"junk" + len(extra).to_bytes(4, "little") + extra + b"\0" * (len(extra) % 2)
+    chunks += b"data" + len(samples).to_bytes(4, "little") + samples
+    path.write_bytes(b"RIFF" + (4 + len(chunks)).to_bytes(4, "little") + b"WAVE" + chunks)
+    return path
+
+
+def test_probe_refuses_a_file_its_container_says_is_longer(tmp_path, media):
+    """The cut a resumed batch must not trust: a faststart mp4 keeps its index, so it opens and
+    promises every frame; only the size its media-data box claims shows the missing tail."""
+    faststart = media["mp4_24"].read_bytes()
+    assert [b[0] for b in _boxes(faststart)][-1] == b"mdat"  # the last box holds the samples
+    for keep in (0.34, 0.9, (len(faststart) - 1) / len(faststart)):
+        cut = truncate(tmp_path / f"cut-{keep:.3f}.mp4", faststart, keep)
+        with pytest.raises(MediaError, match=r"corrupt or truncated: its 'mdat' box ends at byte") as excinfo:
+            io.probe(cut)
+        _assert_one_line_error(excinfo, cut, f"but the file has {cut.stat().st_size:,} bytes")
+    wav = io.write_wav(tmp_path / "take.wav", Audio(torch.from_numpy(_tone(8000, 0.5, 440.0)).float(), 8000))
+    whole = wav.read_bytes()
+    for keep, name in ((0.5, "half"), (44 / len(whole), "header")):
+        cut = truncate(tmp_path / f"{name}.wav", whole, keep)
+        with pytest.raises(MediaError, match=r"corrupt or truncated: its 'data' chunk ends at byte 8,044"):
+            io.probe(cut)
+    m4a = tmp_path / "voice.m4a"  # audio alone, faststart, as a browser-ready export writes it
+    with av.open(str(m4a), "w", format="ipod", options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream("aac", rate=16000, layout="mono")
+        frame = av.AudioFrame.from_ndarray(_tone(16000, 1.0, 440.0).astype(np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 16000, 0
+        container.mux([*stream.encode(frame), *stream.encode(None)])
+    assert io.probe(m4a)["audio"]["sample_rate"] == 16000
+    with pytest.raises(MediaError, match="corrupt or truncated: its 'mdat' box"):
+        io.probe(truncate(tmp_path / "voice-cut.m4a", m4a.read_bytes(), 0.8))
+
+
+def truncate(path: Path, data: bytes, keep: float) -> Path:
+    path.write_bytes(data[: int(len(data) * keep)])
+    return path
+
+
+def test_probe_accepts_files_whose_sizes_agree_or_are_unknown(tmp_path, media):
+    """What the size check must not refuse: streaming sizes, 64-bit boxes, padded chunks, junk after the end."""
+    wav = io.write_wav(tmp_path / "take.wav", Audio(torch.from_numpy(_tone(8000, 0.5, 440.0)).float(), 8000))
+    data = bytearray(wav.read_bytes())
+    data[4:8] = data[40:44] = (0xFFFFFFFF).to_bytes(4, "little")  # a writer that could not seek back
+    (tmp_path / "streamed.wav").write_bytes(bytes(data))
+    assert io.probe(tmp_path / "streamed.wav")["audio"]["sample_rate"] == 8000
+    assert io.read_audio(tmp_path / "streamed.wav").num_samples == 4000
+
+    padded = _wav_with_chunk_before_data(tmp_path / "padded.wav", b"odd")
+    assert io.probe(padded)["audio"]["channels"] == 1 and io.read_audio(padded).num_samples == 800
+    with pytest.raises(MediaError, match="'data' chunk ends at byte 1,656"):
+        io.probe(truncate(tmp_path / "padded-cut.wav", padded.read_bytes(), 0.9))
+
+    # ffmpeg's 8-byte 'free' box before 'mdat' is room for a 64-bit mdat size: use it, offsets unchanged
+    faststart = media["mp4_24"].read_bytes()
+    (free, at, _), (mdat, _, size) = _boxes(faststart)[-2:]
+    assert (free, mdat) == (b"free", b"mdat")
+    large = faststart[:at] + (1).to_bytes(4, "big") + b"mdat" + (size + 8).to_bytes(8, "big") + faststart[at + 16:]
+    (tmp_path / "large.mp4").write_bytes(large)
+    assert _boxes(large)[-1][:2] == (b"mdat", at)
+    assert io.probe(tmp_path / "large.mp4")["video"]["num_frames"] == 24
+    assert io.read_video(tmp_path / "large.mp4").num_frames == 24
+    with pytest.raises(MediaError, match=f"'mdat' box ends at byte {len(large):,}"):
+        io.probe(truncate(tmp_path / "large-cut.mp4", large, 0.95))
+
+    (tmp_path / "tail.mp4").write_bytes(faststart + bytes(range(256)) * 4)  # appended bytes are no box
+    assert io.probe(tmp_path / "tail.mp4")["video"]["num_frames"] == 24
 
 
 def test_wav_has_no_video_stream(media):

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from media_helpers import blob_frames, write_mp4
 
 from sah.cli import cli
 
@@ -29,10 +30,16 @@ def invoke(*args):
 
 @pytest.fixture(scope="module")
 def gallery(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "out"
+    root = tmp_path_factory.mktemp("report")
+    out = root / "out"
     for prompt, seed in (("north", 0), ("east", 1)):
         invoke("run", "--prompt", prompt, "--seed", seed, "--steps", 12, "--out", out, "--quiet")
-    invoke("eval", out, "--json", out / "eval.json")
+    # a v2a run whose condition lies outside the folder, and an unguided one
+    (root / "clips").mkdir()
+    clip = write_mp4(root / "clips" / "input clip.mp4", blob_frames(5, 16, 48, 48), fps=8)
+    invoke("run", "--video", clip, "--steps", 12, "--out", out, "--quiet")
+    invoke("run", "--task", "t2a", "--prompt", "west", "--steps", 6, "--out", out, "--quiet")
+    invoke("eval", out)  # the README's order: eval keeps out/eval.json, report shows it
     invoke("report", out)
     return out
 
@@ -40,12 +47,19 @@ def gallery(tmp_path_factory):
 @pytest.mark.slow
 def test_page_is_self_contained_with_relative_links(gallery):
     page = (gallery / "index.html").read_text()
-    assert page.count('class="card"') == 2
-    links = re.findall(r'(?:src|href)="([^"]+)"', page)
-    assert sorted(links) == sorted(f"joint-{s}.{ext}" for s in (0, 1) for ext in ("mp4", "wav", "png"))
+    assert page.count('class="card"') == 4
+    links = re.findall(r' (?:src|href|poster)="([^"]+)"', page)
+    outputs = [f"joint-{s}.{ext}" for s in (0, 1) for ext in ("mp4", "wav", "png")]
+    outputs += [f"v2a-0.{ext}" for ext in ("mp4", "wav", "png")] + ["t2a-0.wav", "t2a-0.png"]
+    posters = [f"posters/{name}.png" for name in ("joint-0.mp4", "joint-1.mp4", "v2a-0.mp4", "input clip.mp4")]
+    assert sorted(links) == sorted([*outputs, *posters, "../clips/input clip.mp4"])
     assert all((gallery / link).is_file() for link in links)
     assert "://" not in page and str(gallery) not in page  # no CDN, no server, no absolute paths
     assert "north" in page and "toy-video" in page and "toy-hit" in page
+    # every video shows a picture before it plays: its first frame as the poster, metadata preloaded
+    for tag in re.findall(r"<video [^>]*>", page):
+        assert 'poster="posters/' in tag and 'preload="metadata"' in tag, tag
+    assert "condition (video): input clip.mp4" in page
 
 
 class DevTools:
@@ -110,11 +124,17 @@ MEDIA_STATE = """new Promise(done => {
   Promise.all(media.map(ready)).then(() => done({
     cards: [...document.querySelectorAll('.card')].map(c => ({
       name: c.dataset.name,
-      media: [...c.querySelectorAll('video, audio')].map(m => ({
+      media: [...c.querySelectorAll(':scope > video, :scope > audio')].map(m => ({
         tag: m.tagName, src: m.getAttribute('src'), duration: m.duration, error: m.error && m.error.code,
         ready: m.readyState, width: m.videoWidth || 0})),
+      condition: [...c.querySelectorAll('.condition video, .condition audio')].map(m => ({
+        tag: m.tagName, error: m.error && m.error.code, ready: m.readyState})),
       images: [...c.querySelectorAll('img')].map(i => i.naturalWidth)}))}));
 })"""
+
+POSTERS = """Promise.all([...document.querySelectorAll('video')].map(v => new Promise(r => {
+  const i = new Image(); i.onload = () => r(i.naturalWidth); i.onerror = () => r(0); i.src = v.poster;
+})))"""
 
 PLAYED = """new Promise(done => {
   const v = document.querySelector('video'); v.muted = true;
@@ -128,20 +148,24 @@ def test_chromium_renders_every_card_with_playable_media(gallery, browser, tmp_p
     browser.call("Page.navigate", url=(gallery / "index.html").resolve().as_uri())
     browser.evaluate("new Promise(r => document.readyState === 'complete' ? r(1) : addEventListener('load', r))")
     state = browser.evaluate(MEDIA_STATE)
-    assert sorted(card["name"] for card in state["cards"]) == ["joint-0", "joint-1"]
-    for card in state["cards"]:
-        assert [m["tag"] for m in card["media"]] == ["VIDEO", "AUDIO"], card
+    cards = {card["name"]: card for card in state["cards"]}
+    assert sorted(cards) == ["joint-0", "joint-1", "t2a-0", "v2a-0"]
+    for name, card in cards.items():
+        assert [m["tag"] for m in card["media"]] == (["AUDIO"] if name == "t2a-0" else ["VIDEO", "AUDIO"]), card
         for media in card["media"]:
-            # H.264/AAC mp4 and PCM wav both decode in Debian's Chromium: the toy clips last 1 s
+            # H.264/AAC mp4 and PCM wav both decode in Debian's Chromium
             assert media["error"] is None and media["ready"] >= 2, media
-            assert abs(media["duration"] - 1.0) < 0.1, media
-        assert card["media"][0]["width"] == 32
+            assert abs(media["duration"] - (2.0 if name == "v2a-0" else 1.0)) < 0.1, media
         assert card["images"] and all(w > 0 for w in card["images"]), card
+    assert cards["joint-0"]["media"][0]["width"] == 32
+    assert [(m["tag"], m["error"]) for m in cards["v2a-0"]["condition"]] == [("VIDEO", None)]
+    assert all(width > 0 for width in browser.evaluate(POSTERS))  # every poster decodes
     assert browser.evaluate(PLAYED) > 0  # the video really plays, not just reports metadata
 
     # sorting by a score reorders the cards
     scores = json.loads((gallery / "eval.json").read_text())
-    by_score = sorted(scores["items"], key=lambda r: -r["scores"]["toy-av"])
+    toy_av = [(r["scores"]["toy-av"], r["name"]) for r in scores["items"]]  # t2a-0 has no toy-av: it goes last
+    by_score = [{"name": n} for v, n in sorted(toy_av, key=lambda p: (p[0] is None, -(p[0] or 0)))]
     order = browser.evaluate("""(() => { document.getElementById('sort').value = 'mToyAv';
         document.getElementById('desc').checked = true; sortCards();
         return [...document.querySelectorAll('.card')].map(c => c.dataset.name); })()""")

@@ -27,12 +27,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sah.binder import Binder
+from sah.component import Licence
 from sah.dsp import resample
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
 from sah.media import Audio, Media, Modality, Text
-from sah.plugins.binders.clip import features
+from sah.plugins.binders.clip import features, float32_or_wider
 
 MEL_FLOOR = 1e-10
 
@@ -64,11 +65,12 @@ class ClapFrontEnd:
 
     def log_mel(self, wave: Tensor) -> Tensor:
         """`[B, S]` → `[B, T, mels]` in dB."""
-        spec = torch.stft(wave.float(), self.n_fft, hop_length=self.hop_length, win_length=self.n_fft,
-                          window=self.window.to(wave.device), center=True, pad_mode="reflect", onesided=True,
-                          return_complex=True)
+        wave = float32_or_wider(wave)
+        spec = torch.stft(wave, self.n_fft, hop_length=self.hop_length, win_length=self.n_fft,
+                          window=self.window.to(wave.device, wave.dtype), center=True, pad_mode="reflect",
+                          onesided=True, return_complex=True)
         power = spec.real.square() + spec.imag.square()  # [B, freq, T]
-        mel = torch.einsum("fm,bft->btm", self.mel_filters.to(wave.device), power)
+        mel = torch.einsum("fm,bft->btm", self.mel_filters.to(wave.device, power.dtype), power)
         return 10.0 * torch.log10(mel.clamp_min(MEL_FLOOR))
 
     def _pad(self, wave: Tensor) -> Tensor:
@@ -109,8 +111,8 @@ class ClapFrontEnd:
 
 
 class ClapEncoder:
-    """A frozen CLAP model with its tokenizer and torch front end. Embeddings are float32 and
-    unit-normalised."""
+    """A frozen CLAP model with its tokenizer and torch front end. Embeddings are float32 (float64
+    for a float64 model) and unit-normalised."""
 
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype, flag: str = "--binder-model") -> None:
         from transformers import AutoTokenizer, ClapFeatureExtractor, ClapModel
@@ -126,7 +128,7 @@ class ClapEncoder:
 
     def model_inputs(self, waveform: Tensor, sample_rate: int) -> dict[str, Tensor]:
         """`[B, C, S]` at any rate → the keyword arguments of `ClapModel.get_audio_features`."""
-        mono = waveform.to(self.device).float().mean(dim=1)
+        mono = float32_or_wider(waveform.to(self.device)).mean(dim=1)
         mono = resample(mono, int(sample_rate), self.front_end.sample_rate)
         features, is_longer = self.front_end(mono)
         if not self.fused:
@@ -138,7 +140,7 @@ class ClapEncoder:
 
     def embed_audio(self, waveform: Tensor, sample_rate: int) -> Tensor:
         out = features(self.model.get_audio_features(**self.model_inputs(waveform, sample_rate)))
-        return F.normalize(out.float(), dim=-1)
+        return F.normalize(float32_or_wider(out), dim=-1)
 
     @torch.no_grad()
     def embed_text(self, prompts: list[str], batch_size: int = 64) -> Tensor:
@@ -146,12 +148,15 @@ class ClapEncoder:
         for i in range(0, len(prompts), batch_size):
             tokens = self.tokenizer(prompts[i : i + batch_size], padding=True, truncation=True,
                                     return_tensors="pt").to(self.device)
-            rows.append(features(self.model.get_text_features(**tokens)).float())
+            rows.append(float32_or_wider(features(self.model.get_text_features(**tokens))))
         return F.normalize(torch.cat(rows), dim=-1)
 
 
 class ClapBinder(Binder):
     name: ClassVar[str] = "clap"
+    #: LAION-CLAP checkpoints are Apache-2.0 (laion/clap-htsat-* model cards, `license: apache-2.0`)
+    licence: ClassVar[Licence | None] = Licence("Apache-2.0", "Apache-2.0", True,
+                                                "https://huggingface.co/laion/clap-htsat-unfused")
     modalities: ClassVar[frozenset[Modality]] = frozenset({Modality.AUDIO, Modality.TEXT})
     description: ClassVar[str] = "CLAP (transformers ClapModel): audio ↔ text"
     default_model: ClassVar[str | None] = "laion/clap-htsat-unfused"

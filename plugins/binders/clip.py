@@ -20,7 +20,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sah.binder import Binder
+from sah.binder import Binder, frames_at
+from sah.component import Licence
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
@@ -46,12 +47,20 @@ def evenly_spaced(num_frames: int, count: int) -> list[int]:
 
 
 class ClipPreprocess:
-    """`CLIPImageProcessor`'s resize → centre crop → normalise, differentiable, on `[N, 3, H, W]`
-    floats in [0, 1] (the processor's `rescale` by 1/255 is implicit)."""
+    """`CLIPImageProcessor`'s resize → centre crop → rescale → normalise, differentiable, on
+    `[N, 3, H, W]` floats in [0, 1] (8-bit values / 255).
+
+    The resize follows the processor's `size`: `shortest_edge` (with `longest_edge` capping the
+    long side), `height`/`width`, or `max_height`/`max_width`. `scale` is the processor's rescale
+    of 8-bit values, relative to 1/255 (1.0 for the usual `rescale_factor` of 1/255; 255 when
+    `do_rescale` is off)."""
 
     def __init__(self, shortest_edge: int | None, size: tuple[int, int] | None, crop: tuple[int, int] | None,
-                 mean: tuple[float, ...], std: tuple[float, ...], mode: str = "bicubic") -> None:
+                 mean: tuple[float, ...], std: tuple[float, ...], mode: str = "bicubic", *,
+                 longest_edge: int | None = None, max_size: tuple[int, int] | None = None,
+                 scale: float = 1.0) -> None:
         self.shortest_edge, self.size, self.crop, self.mode = shortest_edge, size, crop, mode
+        self.longest_edge, self.max_size, self.scale = longest_edge, max_size, float(scale)
         self.mean = torch.tensor(mean, dtype=torch.float32).reshape(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32).reshape(1, 3, 1, 1)
 
@@ -61,29 +70,52 @@ class ClipPreprocess:
 
     @classmethod
     def from_processor(cls, processor: Any) -> ClipPreprocess:
-        size = dict(processor.size) if processor.do_resize else {}
+        """From a `CLIPImageProcessor` (either backend); SahError for settings it cannot follow."""
+        size = {k: v for k, v in dict(processor.size).items() if v is not None} if processor.do_resize else {}
         resample = int(getattr(processor, "resample", 3))
         if resample not in _TORCH_MODES:
             raise SahError(f"CLIP image processor resample={resample} is not supported (only bilinear and bicubic)")
-        crop = processor.crop_size if processor.do_center_crop else None
-        mean = processor.image_mean if processor.do_normalize else (0.0, 0.0, 0.0)
-        std = processor.image_std if processor.do_normalize else (1.0, 1.0, 1.0)
+        keys = set(size)
+        if size and keys not in ({"shortest_edge"}, {"shortest_edge", "longest_edge"}, {"height", "width"},
+                                 {"max_height", "max_width"}):
+            raise SahError(f"CLIP image processor size {size} is not supported (shortest_edge [+ longest_edge], "
+                           f"height + width, or max_height + max_width)")
+        if getattr(processor, "do_pad", False):
+            raise SahError("CLIP image processor do_pad=True is not supported")
+        crop = dict(processor.crop_size) if processor.do_center_crop else None
+        mean = _three(processor.image_mean) if processor.do_normalize else (0.0, 0.0, 0.0)
+        std = _three(processor.image_std) if processor.do_normalize else (1.0, 1.0, 1.0)
+        scale = 255.0 * float(processor.rescale_factor) if processor.do_rescale else 255.0
         return cls(size.get("shortest_edge"), (size["height"], size["width"]) if "height" in size else None,
-                   (crop["height"], crop["width"]) if crop else None, tuple(mean), tuple(std), _TORCH_MODES[resample])
+                   (crop["height"], crop["width"]) if crop else None, mean, std, _TORCH_MODES[resample],
+                   longest_edge=size.get("longest_edge"),
+                   max_size=(size["max_height"], size["max_width"]) if "max_height" in size else None,
+                   scale=1.0 if abs(scale - 1.0) < 1e-9 else scale)
 
     def resized_shape(self, height: int, width: int) -> tuple[int, int]:
+        """The processor's output size for a `height` × `width` input (transformers' rules, with
+        their int() truncations)."""
         if self.size is not None:
             return self.size
+        if self.max_size is not None:  # the largest size inside the box, aspect ratio kept
+            ratio = min(self.max_size[0] / height, self.max_size[1] / width)
+            return int(height * ratio), int(width * ratio)
         if self.shortest_edge is None:
             return height, width
-        # the processor's rule (transformers.image_transforms.get_resize_output_image_size): int(), not round()
-        s = self.shortest_edge
+        short, long = min(height, width), max(height, width)
+        target, exact = self.shortest_edge, float(self.shortest_edge)
+        if self.longest_edge is not None:
+            if long / short * target > self.longest_edge:  # the long side would pass longest_edge
+                exact = self.longest_edge * short / long
+                target = int(round(exact))
+            if short == target:  # with longest_edge, transformers keeps a size that already fits
+                return height, width
         if width <= height:
-            return int(s * height / width), s
-        return s, int(s * width / height)
+            return int(exact * height / width), target
+        return target, int(exact * width / height)
 
     def __call__(self, pixels: Tensor) -> Tensor:
-        pixels = pixels.float()
+        pixels = float32_or_wider(pixels)
         h, w = pixels.shape[-2:]
         new_h, new_w = self.resized_shape(h, w)
         # PIL resamples horizontally, then vertically, clipping to the 8-bit range after each pass;
@@ -96,7 +128,19 @@ class ClipPreprocess:
             pixels = pixels.clamp(0.0, 1.0)
         if self.crop is not None:
             pixels = _centre_crop(pixels, *self.crop)
+        if self.scale != 1.0:
+            pixels = pixels * self.scale
         return (pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)
+
+
+def _three(value: Any) -> tuple[float, float, float]:
+    """A processor's image_mean / image_std: one number for all channels, or one per channel."""
+    values = [float(value)] if isinstance(value, int | float) else [float(v) for v in value]
+    if len(values) == 1:
+        values *= 3
+    if len(values) != 3:
+        raise SahError(f"CLIP image processor statistics need 1 or 3 values, got {value!r}")
+    return values[0], values[1], values[2]
 
 
 def _centre_crop(pixels: Tensor, crop_h: int, crop_w: int) -> Tensor:
@@ -109,6 +153,12 @@ def _centre_crop(pixels: Tensor, crop_h: int, crop_w: int) -> Tensor:
     return pixels[..., top : top + crop_h, left : left + crop_w]
 
 
+def float32_or_wider(tensor: Tensor) -> Tensor:
+    """float16/bfloat16 (and integers) as float32; float32 and float64 as they are, so a float64
+    model (the tests' gradient checks) stays float64 end to end."""
+    return tensor.to(torch.promote_types(tensor.dtype, torch.float32))
+
+
 def features(output: Any) -> Tensor:
     """The projected embedding of a `get_*_features` call: a tensor in transformers 4, the
     `pooler_output` of a model output in transformers 5."""
@@ -117,7 +167,7 @@ def features(output: Any) -> Tensor:
 
 class ClipEncoder:
     """A frozen CLIP model with its tokenizer and differentiable preprocessing. Embeddings are
-    float32 and unit-normalised."""
+    float32 (float64 for a float64 model) and unit-normalised."""
 
     def __init__(self, model: str, device: torch.device, dtype: torch.dtype, flag: str = "--binder-model") -> None:
         if model.startswith(OPEN_CLIP_PREFIX):
@@ -128,7 +178,8 @@ class ClipEncoder:
 
     def embed_pixels(self, pixels: Tensor) -> Tensor:
         """`[N, 3, H, W]` in [0, 1] → `[N, D]`."""
-        return F.normalize(self._backend.image_features(self.preprocess(pixels.to(self.device))).float(), dim=-1)
+        out = self._backend.image_features(self.preprocess(pixels.to(self.device)))
+        return F.normalize(float32_or_wider(out), dim=-1)
 
     def embed_frames(self, frames: Tensor) -> Tensor:
         """`[B, F, 3, H, W]` → `[B, D]`: the mean of the unit frame embeddings, renormalised."""
@@ -138,7 +189,7 @@ class ClipEncoder:
 
     @torch.no_grad()
     def embed_text(self, prompts: list[str], batch_size: int = 64) -> Tensor:
-        rows = [self._backend.text_features(prompts[i : i + batch_size]).float()
+        rows = [float32_or_wider(self._backend.text_features(prompts[i : i + batch_size]))
                 for i in range(0, len(prompts), batch_size)]
         return F.normalize(torch.cat(rows), dim=-1)
 
@@ -204,6 +255,9 @@ class _OpenClipBackend:
 
 class ClipBinder(Binder):
     name: ClassVar[str] = "clip"
+    #: OpenAI's CLIP code and weights are released under the MIT licence (github.com/openai/CLIP);
+    #: its model card calls deployed commercial use out of scope until studied for the use at hand
+    licence: ClassVar[Licence | None] = Licence("Apache-2.0", "MIT", True, "https://github.com/openai/CLIP")
     modalities: ClassVar[frozenset[Modality]] = frozenset({Modality.IMAGE, Modality.VIDEO, Modality.TEXT})
     description: ClassVar[str] = "CLIP (transformers CLIPModel): images and video frames ↔ text"
     default_model: ClassVar[str | None] = "openai/clip-vit-large-patch14"
@@ -227,15 +281,13 @@ class ClipBinder(Binder):
 
 
 def sampled_frames(media: Media, choose: Any) -> Tensor:
-    """The frames `[B, F, 3, H, W]` a frame-averaging binder looks at: an image is one frame; a
-    video decoded for `video_frames` (frame_indices set) is used as it is; otherwise `choose`
-    (the binder's `video_frames`) picks them."""
+    """The frames `[B, F, 3, H, W]` a frame-averaging binder looks at: an image is one frame; of a
+    video, the frames `choose` (the binder's `video_frames`) picks in the whole clip, looked up by
+    index in a video decoded for a subset (which may hold more frames than were asked)."""
     if isinstance(media, Image):
         return media.pixels.unsqueeze(1)
     if isinstance(media, Video):
-        if media.frame_indices is not None:
-            return media.frames
-        return media.frames[:, choose(media.num_frames, media.fps)]
+        return frames_at(media, choose(media.total_frames, media.fps))
     raise SahError(f"this binder embeds images and video, not {type(media).__name__.lower()}")
 
 

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sah.binder import Binder
+from sah.component import Licence
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
 from sah.media import Audio, Media, Modality, Text
@@ -93,6 +94,8 @@ def split_models(model: str | None, clip_model: str, clap_model: str) -> tuple[s
 
 class ClipClapBinder(Binder):
     name: ClassVar[str] = "clip+clap"
+    #: the CLIP (MIT) and CLAP (Apache-2.0) checkpoints it loads
+    licence: ClassVar[Licence | None] = Licence("Apache-2.0", "MIT (CLIP) and Apache-2.0 (CLAP)", True)
     modalities: ClassVar[frozenset[Modality]] = frozenset(
         {Modality.AUDIO, Modality.VIDEO, Modality.IMAGE, Modality.TEXT})
     description: ClassVar[str] = "CLIP for pictures + CLAP for sound, bridged by a label vocabulary (text pivot)"

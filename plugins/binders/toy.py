@@ -6,13 +6,15 @@ differentiably (resample, crop, resize, frame sampling), so gradients reach the 
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sah.binder import Binder
+from sah.binder import Binder, frames_at
+from sah.component import Licence
 from sah.hookspecs import hookimpl
 from sah.media import Audio, Image, Media, Modality, Text, Video
 from sah.plugins.toy import world
@@ -53,6 +55,8 @@ def to_toy_frames(frames: Tensor) -> Tensor:
 
 class ToyBinder(Binder):
     name: ClassVar[str] = "toy"
+    #: trained by sah (python -m sah.plugins.toy.train), shipped with it
+    licence: ClassVar[Licence | None] = Licence("Apache-2.0", "Apache-2.0", True)
     modalities: ClassVar[frozenset[Modality]] = frozenset(
         {Modality.AUDIO, Modality.VIDEO, Modality.IMAGE, Modality.TEXT})
     description: ClassVar[str] = "Toy binder for the toy world's tones, blobs and compass words (built in, CPU)"
@@ -62,6 +66,19 @@ class ToyBinder(Binder):
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
         super().__init__(model, device, dtype, **options)
         self.net = load_world(self.model, device=self.device).binder
+
+    def _warn_unknown(self, prompts: list[str]) -> None:
+        """Once per prompt: a prompt that names none of the toy world's eight classes guides nothing
+        (the toy text tower knows only the compass words), which a user of real models would not guess."""
+        warned = self.__dict__.setdefault("_warned", set())
+        for prompt in dict.fromkeys(prompts):
+            if prompt.strip() and world.class_of_prompt(prompt) is None and prompt not in warned:
+                warned.add(prompt)
+                warnings.warn(f"the toy binder knows only the toy world's classes ({', '.join(world.CLASS_NAMES)}); "
+                              f"prompt {prompt!r} names none of them, so it guides nothing. For real models: the "
+                              "imagebind, clip or clap binder (--binder imagebind, or binder.name in Python) with the "
+                              "audioldm / animatediff generators, or a preset (`sah config presets`)",
+                              UserWarning, stacklevel=3)
 
     def video_frames(self, num_frames: int, fps: float) -> list[int]:
         if num_frames <= 1:
@@ -75,13 +92,11 @@ class ToyBinder(Binder):
         if isinstance(media, Image):
             media = media.as_video(world.NUM_FRAMES, world.FPS)
         if isinstance(media, Video):
-            frames = media.frames.to(self.device)
-            # frames decoded for `video_frames` are already the ones to look at; otherwise sample them
-            if media.frame_indices is None or frames.shape[1] != world.NUM_FRAMES:
-                index = self.video_frames(frames.shape[1], media.fps)
-                frames = frames[:, index]
+            # the frames `video_frames` picks in the whole clip, by index in a clip decoded for a subset
+            frames = frames_at(media, self.video_frames(media.total_frames, media.fps)).to(self.device)
             return self.net.embed_video(to_toy_frames(frames))
         if isinstance(media, Text):
+            self._warn_unknown(media.prompts)
             return self.net.embed_text(media.prompts)
         raise TypeError(f"toy binder cannot embed {type(media).__name__}")
 

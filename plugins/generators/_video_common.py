@@ -126,6 +126,8 @@ class DiffusersVideoGenerator(Generator):
     modality: ClassVar[Modality] = Modality.VIDEO
     supports_prompt_tuning: ClassVar[bool] = True
     supports_frame_subset: ClassVar[bool] = True
+    #: latents [B, C, frames, h, w]: a long run's windows are slices of one latent along the frames
+    time_axis: ClassVar[int | None] = 2
     options: ClassVar[dict[str, Any]] = COMMON_OPTIONS
     #: Sampling settings the model family needs on top of the checkpoint's scheduler config.
     scheduler_overrides: ClassVar[dict[str, Any]] = {}
@@ -187,10 +189,12 @@ class DiffusersVideoGenerator(Generator):
 
     # -- sampling ---------------------------------------------------------------------------
 
-    def _latent_shape(self) -> tuple[int, int, int, int]:
+    def _latent_shape(self, duration: float | None = None) -> tuple[int, int, int, int]:
+        """The latent for `duration` seconds (rounded to whole frames at `video.fps`), or for
+        `video.frames` when the run gives no length."""
         s = self.vae_scale_factor
-        return (self.unet.config.in_channels, self.config["frames"], self.config["height"] // s,
-                self.config["width"] // s)
+        frames = self.config["frames"] if duration is None else max(1, round(duration * self.config["fps"]))
+        return (self.unet.config.in_channels, frames, self.config["height"] // s, self.config["width"] // s)
 
     def prepare(self, request: GenerationRequest) -> Trajectory:
         scheduler = type(self.scheduler).from_config(self.scheduler.config)
@@ -198,7 +202,7 @@ class DiffusersVideoGenerator(Generator):
         text_encoder = self.offload.use("text_encoder")
         cond = encode_prompts(self.tokenizer, text_encoder, request.prompts, self.device)
         uncond = encode_prompts(self.tokenizer, text_encoder, [request.negative_prompt], self.device)
-        shape = self._latent_shape()
+        shape = self._latent_shape(request.duration)
         latents = seeded_noise(shape, request.seeds, device=self.device, dtype=self.dtype) * scheduler.init_noise_sigma
         state: dict[str, Any] = {"scheduler": scheduler, "uncond_embeds": uncond,
                                  "cfg_scale": float(request.cfg_scale)}
@@ -206,7 +210,7 @@ class DiffusersVideoGenerator(Generator):
             # A stochastic scheduler draws its step noise from each sample's own generator, carried
             # on past the initial noise, as diffusers does with a list of generators.
             state["step_generators"] = seeded_generators(request.seeds, after=shape)
-        return Trajectory(latents, scheduler.timesteps.clone(), cond, state)
+        return Trajectory(latents, scheduler.timesteps.clone(), cond, state, duration=shape[1] / self.config["fps"])
 
     def predict_noise(self, trajectory: Trajectory, latents: Tensor, index: int) -> Tensor:
         state = trajectory.state
@@ -268,11 +272,20 @@ class DiffusersVideoGenerator(Generator):
         # Slicing only pays without autograd: a differentiable decode keeps every activation anyway.
         chunk = 1 if self.config["vae_slicing"] and not torch.is_grad_enabled() else b * f
         images = torch.cat([vae.decode(part).sample for part in z.split(chunk)])
-        video = images.reshape(b, f, *images.shape[1:]).float()
+        # float16/bfloat16 out as float32; a float64 model (the tests' gradient checks) stays float64
+        video = images.reshape(b, f, *images.shape[1:]).to(torch.promote_types(images.dtype, torch.float32))
         return (video / 2 + 0.5).clamp(0, 1)
 
     def num_frames(self) -> int:
         return self.config["frames"]
+
+    @property
+    def max_duration(self) -> float:  # type: ignore[override]
+        """One window is `video.frames` frames: what the motion module was set up to attend over."""
+        return self.config["frames"] / self.config["fps"]
+
+    def latent_frame_seconds(self) -> float:
+        return 1.0 / self.config["fps"]
 
     def fps(self) -> float:
         return float(self.config["fps"])

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from sah.component import Licence
 from sah.errors import SahError, first_line
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
@@ -25,6 +26,10 @@ DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 
 class AnimateDiffGenerator(DiffusersVideoGenerator):
     name: ClassVar[str] = "animatediff"
+    #: SD 1.5 is under the CreativeML OpenRAIL-M licence; the motion adapter's terms were not
+    #: checked here, so a commercial-only run refuses it
+    licence: ClassVar[Licence | None] = Licence("Apache-2.0", "CreativeML OpenRAIL-M (SD 1.5) + motion adapter "
+                                                "(not checked)", False)
     description: ClassVar[str] = "AnimateDiff (SD 1.5 + motion adapter), 16 frames of 512×512 at 8 fps (diffusers)"
     default_model: ClassVar[str | None] = "stable-diffusion-v1-5/stable-diffusion-v1-5"
     options: ClassVar[dict[str, Any]] = {**COMMON_OPTIONS, "motion_adapter": DEFAULT_MOTION_ADAPTER}

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from sah.component import Licence
 from sah.errors import SahError
 from sah.generator import (
     GenerationRequest,
@@ -83,6 +84,9 @@ class AudioLDMGenerator(Generator):
     """AudioLDM sampling driven step by step by sah's aligner."""
 
     name: ClassVar[str] = "audioldm"
+    #: the cvssp/audioldm-* model cards state no licence for the weights: treated as not commercial
+    licence: ClassVar[Licence | None] = Licence("Apache-2.0", "not stated (cvssp/audioldm-* model cards)", False,
+                                                "https://huggingface.co/cvssp/audioldm")
     modality: ClassVar[Modality] = Modality.AUDIO
     description: ClassVar[str] = "AudioLDM text-to-audio (diffusers components), 16 kHz mono"
     default_model: ClassVar[str | None] = "cvssp/audioldm-s-full-v2"
@@ -98,6 +102,11 @@ class AudioLDMGenerator(Generator):
     }
     #: the CLAP embedding is a tensor the UNet's class embedding is differentiable in
     supports_prompt_tuning: ClassVar[bool] = True
+    #: latents [B, C, frames, mel bins]: a long run's windows are slices of one latent in time
+    time_axis: ClassVar[int | None] = 2
+    #: longer outputs are windowed: 10.24 s is 256 latent frames of the released checkpoints, twice
+    #: their own default length (UNet sample_size 128 = 5.12 s); the authors' V2A runs 10 s in one pass
+    max_duration: ClassVar[float | None] = 10.24
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
@@ -161,6 +170,9 @@ class AudioLDMGenerator(Generator):
         mel_frames = math.ceil(mel_frames / self.vae_scale_factor) * self.vae_scale_factor
         return (int(self.unet.config.in_channels), mel_frames // self.vae_scale_factor,
                 self.mel_bins // self.vae_scale_factor)
+
+    def latent_frame_seconds(self) -> float:
+        return self.hop * self.vae_scale_factor / self.sample_rate
 
     # -- placement -------------------------------------------------------------------------------
 

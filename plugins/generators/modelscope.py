@@ -11,12 +11,16 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from sah.component import Licence
 from sah.hookspecs import hookimpl
 from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
 
 
 class ModelScopeGenerator(DiffusersVideoGenerator):
     name: ClassVar[str] = "modelscope"
+    #: the text-to-video-ms-1.7b model card: `license: cc-by-nc-4.0`, research purposes
+    licence: ClassVar[Licence | None] = Licence("Apache-2.0", "CC-BY-NC-4.0", False,
+                                                "https://huggingface.co/ali-vilab/text-to-video-ms-1.7b")
     description: ClassVar[str] = "ModelScope text-to-video 1.7B, 16 frames of 256×256 at 8 fps (diffusers)"
     default_model: ClassVar[str | None] = "damo-vilab/text-to-video-ms-1.7b"
     # 256×256 is the resolution it was trained at; 9.0 is TextToVideoSDPipeline's default guidance.

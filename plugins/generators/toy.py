@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from sah.component import Licence
 from sah.generator import GenerationRequest, Generator, Trajectory, predict_x0_from_scheduler, seeded_noise
 from sah.hookspecs import hookimpl
 from sah.media import Audio, Modality, Video
@@ -23,6 +24,10 @@ from sah.plugins.toy.nets import Denoiser, load_world, make_scheduler
 class _ToyGenerator(Generator):
     supports_prompt_tuning: ClassVar[bool] = True
     options: ClassVar[dict[str, Any]] = {}
+    #: trained by sah (python -m sah.plugins.toy.train), shipped with it
+    licence: ClassVar[Licence | None] = Licence("Apache-2.0", "Apache-2.0", True)
+    #: one latent is one second (no time axis): a longer run is windows of a second, crossfaded
+    max_duration: ClassVar[float | None] = world.DURATION
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:

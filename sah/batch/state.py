@@ -97,7 +97,8 @@ def make_jobs(rows: list[Row], base_layers: list[dict[str, Any]], out_dir: Path,
 
 def is_done(job: Job, probe: bool = True) -> bool:
     """Every sample's sidecar parses, is for this prompt and seed, and names files that exist,
-    are non-empty and (with `probe`) open as media with the stream they should hold."""
+    are non-empty and (with `probe`) open as media with the stream they should hold and are not
+    cut short (`io.probe` compares the sizes the container states with the file's; no decode)."""
     seed, prompt = job.config["run"]["seed"], job.config["run"]["prompt"]
     for i, sidecar in enumerate(job.sidecars):
         try:

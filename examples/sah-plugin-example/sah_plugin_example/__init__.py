@@ -8,6 +8,7 @@ import torch
 from diffusers import DDIMScheduler
 
 from sah import Audio, GenerationRequest, Generator, Modality, Trajectory, hookimpl
+from sah.component import Licence
 from sah.generator import predict_x0_from_scheduler, seeded_noise
 
 SAMPLE_RATE = 16_000
@@ -19,6 +20,7 @@ class ExampleTones(Generator):
     modality = Modality.AUDIO
     description = "8 sine tones; latent = amplitudes (example plugin)"
     options = {"duration": 1.0, "loudness": 0.15}
+    licence = Licence(code="Apache-2.0", weights="none (no weights: the denoiser is exact)", commercial=True)
 
     def prepare(self, request: GenerationRequest) -> Trajectory:
         scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from sah import hub
 from sah.binder import Binder
+from sah.component import Licence
 from sah.errors import SahError, first_line
 from sah.hookspecs import hookimpl
 from sah.io import atomic_path
@@ -215,6 +216,9 @@ class ImageBindBinder(Binder):
     `preprocess="official"`, both clip lengths 1, both counts "auto", `video_crops="squash"`."""
 
     name: ClassVar[str] = "imagebind"
+    #: Meta releases the ImageBind weights under CC BY-NC-SA 4.0: research, not commercial use
+    licence: ClassVar[Licence | None] = Licence("Apache-2.0", "CC-BY-NC-SA-4.0", False,
+                                                "https://github.com/facebookresearch/ImageBind")
     modalities: ClassVar[frozenset[Modality]] = frozenset(
         {Modality.AUDIO, Modality.VIDEO, Modality.IMAGE, Modality.TEXT})
     description: ClassVar[str] = "ImageBind huge (Meta's checkpoint, our own towers): audio, video, image, text"
