@@ -210,7 +210,7 @@ def test_tiny_audioldm_windows_share_one_latent_with_continuous_overlaps(tiny_au
         assert error < 0.2, (k, error)
 
 
-@pytest.mark.parametrize("seconds", [0.5, 3.0, 7.3])
+@pytest.mark.parametrize("seconds", [0.5, 3.0, 7.3, pytest.param(60.0, marks=pytest.mark.slow)])
 def test_tiny_audioldm_v2a_through_the_cli_lasts_as_long_as_the_video(tiny_audioldm, tmp_path, seconds):
     from media_helpers import blob_frames, write_mp4
 
@@ -224,11 +224,18 @@ def test_tiny_audioldm_v2a_through_the_cli_lasts_as_long_as_the_video(tiny_audio
     assert abs(read_video(out / "v2a-0.mp4").audio.duration - seconds) <= 0.03
 
 
-def test_tiny_animatediff_a2v_through_the_cli_has_as_many_frames_as_the_audio_lasts(tmp_path):
+@pytest.fixture(scope="module")
+def tiny_animatediff(tmp_path_factory):
     from test_video_generators import make_animatediff  # the tiny real AnimateDiff
 
-    base, adapter = make_animatediff(tmp_path / "ad")
-    wav = write_wav(tmp_path / "tone.wav", tone(440, 3.0, 16000), 16000)
+    return make_animatediff(tmp_path_factory.mktemp("ad"))
+
+
+@pytest.mark.parametrize("seconds", [0.5, 3.0, 7.3, pytest.param(60.0, marks=pytest.mark.slow)])
+def test_tiny_animatediff_a2v_through_the_cli_has_as_many_frames_as_the_audio_lasts(tiny_animatediff, tmp_path,
+                                                                                    seconds):
+    base, adapter = tiny_animatediff
+    wav = write_wav(tmp_path / "tone.wav", tone(440, seconds, 16000), 16000)
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, ["run", "--gen-video", "animatediff", "--video-model", str(base), "--set",
                                       f"video.motion_adapter={str(adapter)!r}", "--set", "video.frames=8",
@@ -237,4 +244,4 @@ def test_tiny_animatediff_a2v_through_the_cli_has_as_many_frames_as_the_audio_la
                                       "--device", "cpu", "--quiet", "--no-plot"])
     assert result.exit_code == 0, result.output
     video = read_video(out / "a2v-0.mp4")
-    assert abs(video.num_frames - 3.0 * 8) <= 1  # 24 frames: three windows of 8, fused
+    assert abs(video.num_frames - seconds * 8) <= 1  # windows of 8 frames, fused into one latent
