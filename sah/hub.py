@@ -173,3 +173,11 @@ def check_weights(refs: list[tuple[str, str]]) -> None:
         "the network could not be reached; HF_HUB_OFFLINE=1 skips this check"
     raise SahError(f"model weights not available offline: {names}; run the commands where there is internet and copy "
                    f"what they fetch to the same place here, or pass local copies with the flags named ({why})")
+
+
+def diffusers_load_kwargs() -> dict[str, Any]:
+    """Keyword arguments for a diffusers `from_pretrained`: without `accelerate` diffusers falls
+    back to `low_cpu_mem_usage=False` anyway but warns on every load, so ask for it explicitly."""
+    import importlib.util
+
+    return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}

@@ -29,6 +29,27 @@ _SIGMA = {"EulerDiscreteScheduler", "EulerAncestralDiscreteScheduler", "HeunDisc
           "DPMSolverSDEScheduler"}
 
 
+def scheduler_class_name(name: str, choices: dict[str, str], plugin: str) -> str:
+    """The diffusers class name for a plugin's short name (`ddim`) or the class name itself, among
+    `choices` ({short name: class name}); checked without importing diffusers, so a plugin's
+    `check_options` stays cheap. Anything else is a one-line SahError naming the choices."""
+    by_class = {cls.lower(): cls for cls in choices.values()}
+    key = name.strip().lower()
+    class_name = choices.get(key) or by_class.get(key)
+    if class_name is None:
+        raise SahError(f"{plugin}: scheduler {name!r} is not supported for guidance (choose from "
+                       f"{', '.join(choices)}, or the diffusers class name of one of them)")
+    return class_name
+
+
+def scheduler_class(name: str, choices: dict[str, str], plugin: str) -> type:
+    """The diffusers scheduler class `scheduler_class_name` names (diffusers imported on use)."""
+    class_name = scheduler_class_name(name, choices, plugin)
+    import diffusers
+
+    return getattr(diffusers, class_name)
+
+
 def family(scheduler: Any) -> str:
     """The scheduler's family, or a one-line SahError for one sah cannot guide."""
     name = type(scheduler).__name__

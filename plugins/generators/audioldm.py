@@ -9,7 +9,6 @@ for the same seeds, steps and classifier-free guidance scale (tests/test_audiold
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 from collections.abc import Sequence
@@ -20,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
+from sah import schedules
 from sah.component import Licence
 from sah.errors import SahError
 from sah.generator import (
@@ -31,7 +31,7 @@ from sah.generator import (
     seeded_noise,
 )
 from sah.hookspecs import hookimpl
-from sah.hub import load_pretrained
+from sah.hub import diffusers_load_kwargs, load_pretrained
 from sah.media import Audio, Modality
 
 # diffusers and transformers are imported on use (loading, scheduler lookup): every `sah` command
@@ -53,31 +53,6 @@ SCHEDULERS: dict[str, str] = {
 #: Latent frames decoded on each side of a chunk so its seams see their neighbours (0.32 s for the
 #: released checkpoints, whose latent frame is 40 ms).
 _CHUNK_CONTEXT_FRAMES = 8
-
-
-def scheduler_class_name(name: str) -> str:
-    """The diffusers class name for a short name (`ddim`) or class name (`DDIMScheduler`); checks
-    without importing diffusers, so `check_options` stays cheap."""
-    by_class = {cls.lower(): cls for cls in SCHEDULERS.values()}
-    key = name.strip().lower()
-    class_name = SCHEDULERS.get(key) or by_class.get(key)
-    if class_name is None:
-        choices = ", ".join([*SCHEDULERS, *SCHEDULERS.values()])
-        raise SahError(f"audioldm: scheduler {name!r} is not supported for guidance (choose from {choices})")
-    return class_name
-
-
-def resolve_scheduler(name: str) -> type:
-    """The diffusers scheduler class for a short name (`ddim`) or class name (`DDIMScheduler`)."""
-    class_name = scheduler_class_name(name)
-    import diffusers  # imported on use: registering the plugin must not pay for diffusers
-
-    return getattr(diffusers, class_name)
-
-
-def _pretrained_kwargs() -> dict[str, Any]:
-    # Without `accelerate`, diffusers falls back to this anyway but warns on every load; ask for it explicitly.
-    return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
 
 
 class AudioLDMGenerator(Generator):
@@ -115,7 +90,8 @@ class AudioLDMGenerator(Generator):
             raise SahError(f"audioldm: audio.duration must be positive seconds, got {options['duration']}")
         if float(options["decode_chunk"]) < 0:
             raise SahError(f"audioldm: audio.decode_chunk must be >= 0 seconds, got {options['decode_chunk']}")
-        scheduler_class_name(str(options["scheduler"]))  # the name only: no diffusers import before loading
+        # the name only: no diffusers import before loading
+        schedules.scheduler_class_name(str(options["scheduler"]), SCHEDULERS, "audioldm")
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
                  dtype: torch.dtype = torch.float32, **options: Any) -> None:
@@ -126,7 +102,7 @@ class AudioLDMGenerator(Generator):
         super().__init__(model, device, dtype, **options)
         self.duration = float(self.config["duration"])
         self.guide_whole_decode = bool(self.config["guide_whole_waveform"])
-        self.scheduler_cls = resolve_scheduler(str(self.config["scheduler"]))
+        self.scheduler_cls = schedules.scheduler_class(str(self.config["scheduler"]), SCHEDULERS, "audioldm")
         self.offload = bool(self.config["cpu_offload"]) and self.device.type != "cpu"
         home = torch.device("cpu") if self.offload else self.device
 
@@ -138,8 +114,8 @@ class AudioLDMGenerator(Generator):
         self.tokenizer = load(AutoTokenizer, "tokenizer")
         self.text_encoder = load(ClapTextModelWithProjection, "text_encoder", dtype=dtype)
         self.vocoder = load(SpeechT5HifiGan, "vocoder", dtype=dtype)
-        self.unet = load(UNet2DConditionModel, "unet", torch_dtype=dtype, **_pretrained_kwargs())
-        self.vae = load(AutoencoderKL, "vae", torch_dtype=dtype, **_pretrained_kwargs())
+        self.unet = load(UNet2DConditionModel, "unet", torch_dtype=dtype, **diffusers_load_kwargs())
+        self.vae = load(AutoencoderKL, "vae", torch_dtype=dtype, **diffusers_load_kwargs())
         self._modules = {"text_encoder": self.text_encoder, "unet": self.unet, "vae": self.vae,
                          "vocoder": self.vocoder}
         for module in self._modules.values():

@@ -13,7 +13,6 @@ when it makes several per prompt); tests/test_audioldm2.py pins this.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from sah import schedules
 from sah.component import Licence
 from sah.errors import SahError
 from sah.generator import (
@@ -33,7 +33,7 @@ from sah.generator import (
     seeded_noise,
 )
 from sah.hookspecs import hookimpl
-from sah.hub import load_pretrained
+from sah.hub import diffusers_load_kwargs, load_pretrained
 from sah.media import Audio, Modality
 
 # diffusers and transformers are imported on use (loading, scheduler lookup): every `sah` command
@@ -66,32 +66,6 @@ _DEFAULT_NEW_TOKENS = 8
 GENERATED, T5, T5_MASK = "generated", "t5", "t5_mask"
 
 
-def scheduler_class_name(name: str) -> str:
-    """The diffusers class name for a short name (`ddim`) or class name (`DDIMScheduler`); checks
-    without importing diffusers, so `check_options` stays cheap."""
-    by_class = {cls.lower(): cls for cls in SCHEDULERS.values()}
-    key = name.strip().lower()
-    class_name = SCHEDULERS.get(key) or by_class.get(key)
-    if class_name is None:
-        choices = ", ".join(SCHEDULERS)
-        raise SahError(f"audioldm2: scheduler {name!r} is not supported for guidance (choose from {choices}, "
-                       "or the diffusers class name of one of them)")
-    return class_name
-
-
-def resolve_scheduler(name: str) -> type:
-    """The diffusers scheduler class for a short name (`ddim`) or class name (`DDIMScheduler`)."""
-    class_name = scheduler_class_name(name)
-    import diffusers  # imported on use: registering the plugin must not pay for diffusers
-
-    return getattr(diffusers, class_name)
-
-
-def _pretrained_kwargs() -> dict[str, Any]:
-    # Without `accelerate`, diffusers falls back to this anyway but warns on every load; ask for it explicitly.
-    return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
-
-
 class AudioLDM2Generator(Generator):
     """AudioLDM 2 sampling driven step by step by sah's aligner."""
 
@@ -122,7 +96,8 @@ class AudioLDM2Generator(Generator):
         # Everything a user can get wrong is checked before any weights are read.
         if not float(options["duration"]) > 0:
             raise SahError(f"audioldm2: audio.duration must be positive seconds, got {options['duration']}")
-        scheduler_class_name(str(options["scheduler"]))  # the name only: no diffusers import before loading
+        # the name only: no diffusers import before loading
+        schedules.scheduler_class_name(str(options["scheduler"]), SCHEDULERS, "audioldm2")
 
     @classmethod
     def weights(cls, model: str | None, options: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -140,7 +115,7 @@ class AudioLDM2Generator(Generator):
         super().__init__(model, device, dtype, **options)
         self.duration = float(self.config["duration"])
         self.guide_whole_decode = bool(self.config["guide_whole_waveform"])
-        self.scheduler_cls = resolve_scheduler(str(self.config["scheduler"]))
+        self.scheduler_cls = schedules.scheduler_class(str(self.config["scheduler"]), SCHEDULERS, "audioldm2")
         self.offload = bool(self.config["cpu_offload"]) and self.device.type != "cpu"
         home = torch.device("cpu") if self.offload else self.device
 
@@ -154,7 +129,7 @@ class AudioLDM2Generator(Generator):
         if second.model_type != "t5":
             raise SahError(f"audioldm2: {self.model!r} has a {second.model_type!r} second text encoder (a "
                            "text-to-speech checkpoint); sah supports the text-to-audio ones, whose is Flan-T5")
-        diffusers_kwargs = {"torch_dtype": dtype, **_pretrained_kwargs()}
+        diffusers_kwargs = {"torch_dtype": dtype, **diffusers_load_kwargs()}
         self.scheduler_config = load(self.scheduler_cls.from_pretrained, "scheduler").config
         self.tokenizer = load(AutoTokenizer.from_pretrained, "tokenizer")
         self.tokenizer_2 = load(AutoTokenizer.from_pretrained, "tokenizer_2")

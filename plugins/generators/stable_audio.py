@@ -17,7 +17,6 @@ released model), as the pipeline's.
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import math
 import warnings
@@ -39,7 +38,7 @@ from sah.generator import (
     seeded_noise,
 )
 from sah.hookspecs import hookimpl
-from sah.hub import load_pretrained
+from sah.hub import diffusers_load_kwargs, load_pretrained
 from sah.media import Audio, Modality
 
 # diffusers and transformers are imported on use (loading): every `sah` command registers this
@@ -47,11 +46,6 @@ from sah.media import Audio, Modality
 
 #: The released checkpoint's longest output: its DiT's 1024 latent frames of 2048 samples at 44.1 kHz.
 RELEASED_MAX_SECONDS = 1024 * 2048 / 44100
-
-
-def _pretrained_kwargs() -> dict[str, Any]:
-    # Without `accelerate`, diffusers falls back to this anyway but warns on every load; ask for it explicitly.
-    return {} if importlib.util.find_spec("accelerate") else {"low_cpu_mem_usage": False}
 
 
 class StableAudioGenerator(Generator):
@@ -137,9 +131,9 @@ class StableAudioGenerator(Generator):
         self.tokenizer = load(AutoTokenizer, "tokenizer")
         self.text_encoder = load(T5EncoderModel, "text_encoder", dtype=dtype)
         self.projection = load(StableAudioProjectionModel, "projection_model", torch_dtype=dtype,
-                               **_pretrained_kwargs())
-        self.transformer = load(StableAudioDiTModel, "transformer", torch_dtype=dtype, **_pretrained_kwargs())
-        self.vae = load(AutoencoderOobleck, "vae", torch_dtype=dtype, **_pretrained_kwargs())
+                               **diffusers_load_kwargs())
+        self.transformer = load(StableAudioDiTModel, "transformer", torch_dtype=dtype, **diffusers_load_kwargs())
+        self.vae = load(AutoencoderOobleck, "vae", torch_dtype=dtype, **diffusers_load_kwargs())
         for module in (self.text_encoder, self.projection, self.transformer, self.vae):
             module.to(self.device).eval().requires_grad_(False)
         self.rotary_dim = int(self.transformer.config.attention_head_dim) // 2  # as the pipeline sets it
