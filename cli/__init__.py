@@ -260,6 +260,8 @@ def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, preset: st
         for path in written:
             console.print(f"wrote {path}", highlight=False, markup=False)
         console.print(f"{plan.task.name}: {len(result.samples)} sample(s) in {result.seconds:.1f} s")
+        if result.cost is not None:  # where the time went, and the memory it took
+            click.echo(f"cost {result.cost.summary()}")  # one line, however narrow the terminal
 
 
 def _renamed_note(plan: Any) -> str:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sah import longform
+from sah import cost, longform
 from sah.binder import Binder
 from sah.config import DEFAULTS
 from sah.errors import PluginError, SahError, plugin_failure
@@ -213,7 +213,8 @@ def plugin_call(owner: Generator | Binder, what: str) -> Iterator[None]:
     """Turn an exception a plugin raises inside its code into one line naming the plugin, so a
     fault mid-run reads like any other user-facing error (the original stays as `__cause__`)."""
     try:
-        yield
+        with cost.stage(cost.STAGES.get(what, "other")):
+            yield
     except SahError:
         raise
     except Exception as exc:
@@ -540,23 +541,24 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
                     * streams[m].generator.latent_scale(streams[m].trajectory, tick[m])) for m in leaves),
                  *((m, key, f"{m.value}.prompt" + ("" if key is None else f"[{key}]"), settings.prompt_lr)
                    for m, key in prompts)]
-        for (modality, key, name, lr), param, grad in zip(named, params, grads):
-            if grad is None or lr == 0:
-                continue
-            grad = grad.float()
-            if settings.clip > 0:
-                grad = grad * (settings.clip / _per_sample_norm(grad)).clamp(max=1.0)
-            new = update(param.detach().float(), grad, states.setdefault(name, {}), lr) if _finite(grad) else None
-            if new is None or not _finite(new):
-                warn_skip(name)
-                record["skipped"].append(name)
-                continue
-            new = new.to(param.dtype)
-            if ".prompt" in name:
-                trajectory = streams[modality].trajectory
-                trajectory.prompt_embeds = replace_prompt_tensor(trajectory.prompt_embeds, key, new)
-            else:
-                streams[modality].latents = new
+        with cost.stage("update"):
+            for (modality, key, name, lr), param, grad in zip(named, params, grads):
+                if grad is None or lr == 0:
+                    continue
+                grad = grad.float()
+                if settings.clip > 0:
+                    grad = grad * (settings.clip / _per_sample_norm(grad)).clamp(max=1.0)
+                new = update(param.detach().float(), grad, states.setdefault(name, {}), lr) if _finite(grad) else None
+                if new is None or not _finite(new):
+                    warn_skip(name)
+                    record["skipped"].append(name)
+                    continue
+                new = new.to(param.dtype)
+                if ".prompt" in name:
+                    trajectory = streams[modality].trajectory
+                    trajectory.prompt_embeds = replace_prompt_tensor(trajectory.prompt_embeds, key, new)
+                else:
+                    streams[modality].latents = new
     for stream in streams.values():
         if stream.trajectory.prompt_embeds is not None:
             stream.trajectory.prompt_embeds = map_prompt_tensors(stream.trajectory.prompt_embeds, Tensor.detach)

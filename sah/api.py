@@ -27,6 +27,7 @@ from sah import config as cfg
 from sah import hub, io, longform
 from sah.aligner import GuidanceSettings, Term, align, plugin_call
 from sah.binder import Binder
+from sah.cost import Cost, accounting, stage
 from sah.errors import SahError, plugin_failure
 from sah.generator import GenerationRequest, Generator
 from sah.media import Audio, Media, Modality, Text, Video
@@ -77,6 +78,7 @@ class RunResult:
     plan: RunPlan
     samples: list[Sample]
     seconds: float
+    cost: Cost | None = None  # seconds per stage and peak memory (`sah.cost`)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -364,7 +366,15 @@ def generate(plan: RunPlan, models: Models | None = None, progress: ProgressFn |
              should_stop: Callable[[], bool] | None = None, prompts: Sequence[str] | None = None) -> RunResult:
     """Sample `run.num_samples` outputs for a plan. `prompts` may give one prompt per sample."""
     start = time.perf_counter()
-    models = models or load(plan)
+    with accounting() as account:
+        with stage("load"):
+            models = models or load(plan)
+        result = _generate(plan, models, progress, should_stop, prompts)
+    return RunResult(plan, result, time.perf_counter() - start, account)
+
+
+def _generate(plan: RunPlan, models: Models, progress: ProgressFn | None, should_stop: Callable[[], bool] | None,
+              prompts: Sequence[str] | None) -> list[Sample]:
     config, task = plan.config, plan.task
     run = config["run"]
     n = run["num_samples"]
@@ -378,8 +388,9 @@ def generate(plan: RunPlan, models: Models | None = None, progress: ProgressFn |
         requests[modality] = GenerationRequest(
             prompts=prompts, seeds=seeds, negative_prompt=run["negative_prompt"],
             num_steps=section["steps"] or run["steps"], cfg_scale=section["cfg_scale"], duration=duration)
-    result = align(models.generators, requests, models.binder, plan.terms,
-                   _embed_targets(plan, models.binder, prompts, windows),
+    with stage("condition and prompt"):
+        targets = _embed_targets(plan, models.binder, prompts, windows)
+    result = align(models.generators, requests, models.binder, plan.terms, targets,
                    GuidanceSettings.from_config(config["guidance"]), on_step=progress, should_stop=should_stop,
                    windows=windows, window_batch=run["window_batch"])
     samples = []
@@ -394,7 +405,7 @@ def generate(plan: RunPlan, models: Models | None = None, progress: ProgressFn |
         sample.trace = [_sample_record(r, i) for r in result.trace]
         sample.final_similarity = {k: v[i] for k, v in result.final_similarity.items()}
         samples.append(sample)
-    return RunResult(plan, samples, time.perf_counter() - start)
+    return samples
 
 
 def _sample_record(record: dict[str, Any], i: int) -> dict[str, Any]:
@@ -497,6 +508,8 @@ def _save_plot(path: Path, result: RunResult, sample: Sample, condition: Media |
     guidance = config["guidance"]
     window = (guidance["start"], guidance["end"]) if result.plan.terms else (0.0, 0.0)
     title = f"{sample.name}: {task.name}" + (f", {sample.prompt!r}" if sample.prompt else "") + f", seed {sample.seed}"
+    if result.cost is not None:
+        title += "\n" + result.cost.short()
     # the condition fills in the other half of the picture (v2a: the input video; a2v: the input audio)
     video = sample.video if sample.video is not None else condition if isinstance(condition, Video) else None
     audio = sample.audio if sample.audio is not None else condition if isinstance(condition, Audio) else \
@@ -541,6 +554,8 @@ def _sidecar(result: RunResult, sample: Sample, paths: dict[str, Path],
         "skipped_updates": sum(len(r["skipped"]) for r in sample.trace),
         "trace": _json_safe(sample.trace),
         "seconds": round(result.seconds, 3),
+        # the run's (all its samples'): seconds per stage and peak memory above the start
+        "cost": result.cost.as_dict() if result.cost is not None else None,
         "config": plan.config,
         "versions": package_versions,
     }

@@ -174,6 +174,17 @@ def _condition(item: Item, root: Path) -> str:
     return f'<div class="condition"><p>{esc(label)}</p>{body}</div>'
 
 
+def _cost(meta: dict[str, Any]) -> str:
+    """The sidecar's run cost: `3.1 s (backward 0.40, binder forward 0.21, …), +114 MiB`."""
+    cost = meta.get("cost") or {}
+    seconds = cost.get("seconds") or {}
+    if not cost.get("total_seconds"):
+        return ""
+    top = ", ".join(f"{k} {v:.2f}" for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])[:4])
+    memory = "" if cost.get("peak_memory_mib") is None else f", +{cost['peak_memory_mib']:.0f} MiB"
+    return f"{cost['total_seconds']:.1f} s ({top}){memory}"
+
+
 def _card(item: Item, root: Path, metrics: list[str], scores: dict[str, Any]) -> str:
     esc = html.escape
     attrs = {"data-name": item.name}
@@ -195,7 +206,7 @@ def _card(item: Item, root: Path, metrics: list[str], scores: dict[str, Any]) ->
         parts.append(condition)
     meta = item.meta
     facts = [("prompt", item.prompt or "—"), ("task", item.task or "—"), ("backends", _backends(meta) or "—"),
-             ("seed", "—" if meta.get("seed") is None else str(meta["seed"]))]
+             ("seed", "—" if meta.get("seed") is None else str(meta["seed"])), ("cost", _cost(meta) or "—")]
     parts.append("<dl>" + "".join(f"<dt>{esc(k)}</dt><dd>{esc(v)}</dd>" for k, v in facts) + "</dl>")
     if metrics:
         cells = "".join(f"<tr><td>{esc(m)}</td><td>{'n/a' if scores.get(m) is None else f'{scores[m]:.3f}'}</td></tr>"
