@@ -179,41 +179,57 @@ def with_config_options(fn: Any) -> Any:
     return fn
 
 
-# The flags of `sah run` that set config keys: `sah config show` takes the same ones, so it shows
-# the config of the run a command line would start.
-run_options = [
-    click.option("--gen-audio", help="Audio generator plugin (e.g. toy-audio, audioldm); '' for none."),
-    click.option("--gen-video", help="Video generator plugin (e.g. toy-video, animatediff); '' for none."),
-    click.option("--binder", help="Binder plugin (e.g. toy, imagebind)."),
-    click.option("--audio-model", help="Hub id or local folder for the audio generator."),
-    click.option("--video-model", help="Hub id or local folder for the video generator."),
-    click.option("--binder-model", help="Hub id or local path for the binder."),
-    click.option("--prompt", help="Text prompt."),
-    click.option("--negative-prompt", help="Negative prompt for classifier-free guidance."),
-    click.option("--video", type=click.Path(path_type=Path), help="Condition video (V2A)."),
-    click.option("--audio", type=click.Path(path_type=Path), help="Condition audio (A2V)."),
-    click.option("--image", type=click.Path(path_type=Path), help="Condition image (I2A)."),
-    click.option("--task", type=click.Choice(cfg.TASKS), help="Task; inferred from the inputs by default."),
-    click.option("--steps", type=int, help="Denoising steps."),
-    click.option("--seed", type=int, help="Seed of the first sample; sample i uses seed + i."),
-    click.option("--num-samples", type=int, help="Samples to generate."),
-    click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: outputs)."),
-    click.option("--name", help="Output file stem (default: the task). Samples and later runs into the same "
-                                "folder are numbered NAME-0, NAME-1, ..."),
-    click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
-    click.option("--dtype", type=click.Choice(cfg.DTYPES), help="Model dtype; the guidance loss is float32."),
-    click.option("--overwrite", is_flag=True, default=None,
-                 help="Replace outputs of the same name instead of numbering on."),
-    click.option("--plot/--no-plot", default=None, help="Save NAME.png: similarity per step, frames, spectrogram."),
-    preset_option,
-    *config_options,
-]
+# The flags of `sah run` that set config keys, by parameter name: `sah config show` takes the same
+# ones, so it shows the config of the run a command line would start, and `sah batch` all but the
+# output naming ones (`run_options_except`), applied to every row.
+run_options: dict[str, Any] = {
+    "gen_audio": click.option("--gen-audio", help="Audio generator plugin (e.g. toy-audio, audioldm); '' for none."),
+    "gen_video": click.option("--gen-video", help="Video generator plugin (e.g. toy-video, animatediff); '' for none."),
+    "binder": click.option("--binder", help="Binder plugin (e.g. toy, imagebind)."),
+    "audio_model": click.option("--audio-model", help="Hub id or local folder for the audio generator."),
+    "video_model": click.option("--video-model", help="Hub id or local folder for the video generator."),
+    "binder_model": click.option("--binder-model", help="Hub id or local path for the binder."),
+    "prompt": click.option("--prompt", help="Text prompt."),
+    "negative_prompt": click.option("--negative-prompt", help="Negative prompt for classifier-free guidance."),
+    "video": click.option("--video", type=click.Path(path_type=Path), help="Condition video (V2A)."),
+    "audio": click.option("--audio", type=click.Path(path_type=Path), help="Condition audio (A2V)."),
+    "image": click.option("--image", type=click.Path(path_type=Path), help="Condition image (I2A)."),
+    "task": click.option("--task", type=click.Choice(cfg.TASKS), help="Task; inferred from the inputs by default."),
+    "steps": click.option("--steps", type=int, help="Denoising steps."),
+    "seed": click.option("--seed", type=int, help="Seed of the first sample; sample i uses seed + i."),
+    "num_samples": click.option("--num-samples", type=int, help="Samples to generate."),
+    "out": click.option("--out", type=click.Path(path_type=Path), help="Output folder (default: outputs)."),
+    "name": click.option("--name", help="Output file stem (default: the task). Samples and later runs into the "
+                                        "same folder are numbered NAME-0, NAME-1, ..."),
+    "device": click.option("--device", help="auto, cpu, cuda, cuda:N or mps."),
+    "dtype": click.option("--dtype", type=click.Choice(cfg.DTYPES),
+                          help="Model dtype; the guidance loss is float32."),
+    "overwrite": click.option("--overwrite", is_flag=True, default=None,
+                              help="Replace outputs of the same name instead of numbering on."),
+    "plot": click.option("--plot/--no-plot", default=None,
+                         help="Save NAME.png: similarity per step, frames, spectrogram."),
+    "preset": preset_option,
+    "config_file": config_options[0],
+    "sets": config_options[1],
+}
+
+
+def run_options_except(*names: str) -> Any:
+    """A decorator adding `sah run`'s config flags but those named (parameter names, e.g. "out")."""
+    unknown = set(names) - set(run_options)
+    assert not unknown, f"no such run option: {sorted(unknown)}"
+
+    def decorate(fn: Any) -> Any:
+        for name, option in reversed(run_options.items()):
+            if name not in names:
+                fn = option(fn)
+        return fn
+
+    return decorate
 
 
 def with_run_options(fn: Any) -> Any:
-    for option in reversed(run_options):
-        fn = option(fn)
-    return fn
+    return run_options_except()(fn)
 
 
 @cli.command()

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -17,10 +19,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from sah import config as cfg
-from sah.batch import BatchProgress, BatchSummary, run_batch
+from sah.batch import BatchInterrupted, BatchProgress, BatchSummary, run_batch
 from sah.batch.worker import Outcome
-from sah.cli import console, with_config_options
+from sah.cli import _layers, console, run_options_except
 
 
 class RichBatchProgress(BatchProgress):
@@ -76,47 +77,86 @@ class RichBatchProgress(BatchProgress):
 @click.option("--cpus-per-worker", type=int, help="Ray CPUs per actor on CPU-only clusters (default 4, or "
                                                   "cluster CPUs / --workers).")
 @click.option("--retry-failed", is_flag=True, help="Run the jobs listed in OUT/failures.jsonl again.")
-@click.option("--steps", type=int, help="Denoising steps (rows and --set may still override).")
-@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
 @click.option("--job-progress", is_flag=True, help="A progress bar per worker for the job it runs (local only).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar; failures and the summary only.")
-@with_config_options
-def batch_command(manifest: Path, out: Path, config_file: Path | None, sets: tuple[str, ...],
+# `sah run`'s config flags, for every row; output naming is the batch's (--out and each row's id).
+@run_options_except("out", "name", "overwrite")
+def batch_command(manifest: Path, out: Path, config_file: Path | None, sets: tuple[str, ...], preset: str | None,
                   workers: int | None, threads: int | None, ray_address: str | None, cpus_per_worker: int | None,
-                  retry_failed: bool, steps: int | None, device: str | None, job_progress: bool,
-                  quiet: bool) -> None:
+                  retry_failed: bool, job_progress: bool, quiet: bool, **flags: Any) -> None:
     """Run every job of a JSONL or CSV manifest that is not done yet in OUT.
 
     \b
     Rows: {"id": "dog-1", "video": "clips/dog.mp4", "prompt": "a dog barks", "seed": 3,
            "set": {"guidance.lr": 0.05}}
     sah batch jobs.jsonl --out out/ --workers 2
+    sah batch jobs.jsonl --out out/ --gen-audio audioldm --binder imagebind --steps 50
     sah batch jobs.jsonl --out /shared/out --ray auto       # an existing Ray cluster
     sah batch jobs.jsonl --out out/ --retry-failed          # again, failed rows included
 
-    Finished jobs are skipped; failed ones are listed in OUT/failures.jsonl. Exit code 0 when every
-    job is done, 1 when some failed, 2 for a bad manifest or option.
+    Takes `sah run`'s config flags (but --out, --name and --overwrite) and applies them to every
+    row: defaults < --preset < --config < flags < --set < the row's own columns and set.
+
+    Finished jobs are skipped; failed ones are listed in OUT/failures.jsonl. Ctrl-C lets the jobs in
+    flight on local workers finish, then stops; the same command again resumes.
+
+    \b
+    Exit codes:
+      0    every row is done
+      1    some rows failed (see OUT/failures.jsonl)
+      2    a bad manifest or option: nothing ran
+      130  interrupted (Ctrl-C): rerun the same command to resume
     """
-    layers: list[dict[str, Any]] = [cfg.load_toml(config_file)] if config_file else []
-    flags = {k: v for k, v in (("steps", steps), ("device", device)) if v is not None}
-    if flags:
-        layers.append({"run": flags})
-    layers.extend(cfg.parse_set(item) for item in sets)
+    # Condition files given as flags are read by the workers (Ray actors too): make them absolute.
+    flags = {k: v.resolve() if isinstance(v, Path) else v for k, v in flags.items()}
+    layers = _layers(config_file, sets, flags, preset)
     options: dict[str, Any] = dict(layers=layers, retry_failed=retry_failed, workers=workers, threads=threads,
                                    ray=ray_address is not None, ray_address=ray_address or None,
                                    cpus_per_worker=cpus_per_worker, job_progress=job_progress and not quiet)
-    if quiet:
-        summary = run_batch(manifest, out, progress=_QuietProgress(), **options)
-    else:
-        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("{task.fields[done]}"), TextColumn("[red]{task.fields[failed]}"),
-                      TextColumn("{task.fields[remaining]}"), TextColumn("{task.fields[rate]}"),
-                      TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
-            summary = run_batch(manifest, out, progress=RichBatchProgress(bar, job_progress), **options)
-    console.print(_summary_line(summary))
+    try:
+        if quiet:
+            summary = run_batch(manifest, out, progress=_QuietProgress(), **options)
+        else:
+            with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                          TextColumn("{task.fields[done]}"), TextColumn("[red]{task.fields[failed]}"),
+                          TextColumn("{task.fields[remaining]}"), TextColumn("{task.fields[rate]}"),
+                          TimeElapsedColumn(), TimeRemainingColumn(), console=console) as bar:
+                summary = run_batch(manifest, out, progress=RichBatchProgress(bar, job_progress), **options)
+    except BatchInterrupted as stopped:
+        console.print(_summary_line(stopped.summary), highlight=False, soft_wrap=True)
+        console.print(f"Interrupted: {stopped.summary.remaining} row(s) not run. To resume (finished rows are "
+                      f"skipped), run again: {_rerun_command(click.get_current_context())}",
+                      highlight=False, markup=False, soft_wrap=True)
+        sys.exit(130)
+    console.print(_summary_line(summary), highlight=False, soft_wrap=True)
     if not summary.complete:
-        console.print(f"see {summary.failures_path}")
+        console.print(f"see {summary.failures_path}", highlight=False)
         sys.exit(1)
+
+
+def _rerun_command(ctx: click.Context) -> str:
+    """This command line, rebuilt from what was given on it, to paste again."""
+    words = ["sah", "batch"]
+    for param in ctx.command.params:
+        name = param.name or ""
+        if ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
+            continue
+        value = ctx.params[name]
+        if isinstance(param, click.Argument):
+            words.append(str(value))
+            continue
+        assert isinstance(param, click.Option)
+        long = next((o for o in param.opts if o.startswith("--")), param.opts[0])
+        if param.is_flag and param.secondary_opts and value is False:
+            words.append(next((o for o in param.secondary_opts if o.startswith("--")), param.secondary_opts[0]))
+        elif param.is_flag:
+            if value:
+                words.append(long)
+        elif name == "ray_address" and value == "":
+            words.append(long)  # --ray with no address
+        else:
+            words.extend(f"{long}={item}" for item in (value if param.multiple else [value]))
+    return shlex.join(words)
 
 
 class _QuietProgress(BatchProgress):
@@ -126,8 +166,13 @@ class _QuietProgress(BatchProgress):
 
 
 def _summary_line(summary: BatchSummary) -> str:
+    """`6 of 6 rows done (4 now, 2 already done), 0 failed, in 9.1 s (0.44 jobs/s)`."""
+    parts = [f"{summary.rows_done} of {summary.total} rows done ({summary.done} now, "
+             f"{summary.already_done} already done)", f"{summary.failed} failed"]
+    if summary.failed_before:
+        parts.append(f"{summary.failed_before} skipped as failed earlier (--retry-failed runs them)")
+    if summary.remaining:
+        parts.append(f"{summary.remaining} not run")
     ran = summary.done + summary.failed
     rate = f" ({ran / summary.seconds:.2f} jobs/s)" if summary.seconds and ran else ""
-    return (f"{summary.total} job(s): {summary.done} done now, {summary.already_done} already done, "
-            f"{summary.failed} failed, {summary.failed_before} skipped as failed earlier, "
-            f"in {summary.seconds:.1f} s{rate}")
+    return ", ".join(parts) + f", in {summary.seconds:.1f} s{rate}"

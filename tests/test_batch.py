@@ -2,6 +2,7 @@
 rows that fail alone."""
 
 import json
+import shlex
 import signal
 import subprocess
 import sys
@@ -163,13 +164,94 @@ def test_sigkill_mid_run_then_resume(manifest, tmp_path):
 
     second = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert f"{6 - len(before)} done now, {len(before)} already done, 0 failed" in " ".join(second.stderr.split())
+    assert f"6 of 6 rows done ({6 - len(before)} now, {len(before)} already done), 0 failed" in second.stderr
     after = _sidecars(out)
     assert len(after) == 6
     assert {name: after[name] for name in before} == before  # finished jobs did not run again
     assert all(p.stat().st_mtime_ns == media_before[p.name] for p in out.glob("*.wav") if p.name in media_before
                and p.with_suffix(".json").name in before)
     assert_all_outputs_agree(jobs, out)  # also: no temp file left
+
+
+def _default_sigint() -> None:
+    # A shell running the suite in the background starts it with SIGINT ignored, and children
+    # inherit that: give the batch the disposition a terminal user's `sah batch` has.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+SAH = [sys.executable, "-c", "from sah.cli import main; main()"]
+
+
+@pytest.mark.slow
+def test_sigint_counts_jobs_finished_while_stopping_and_says_how_to_resume(manifest, tmp_path):
+    jobs = tmp_path / "six.jsonl"
+    jobs.write_text("".join(manifest.read_text().splitlines(keepends=True)[:6]))
+    out = tmp_path / "out"
+    args = ["batch", str(jobs), "--out", str(out), "--workers", "2", "--quiet", "--steps", "10"]
+    proc = subprocess.Popen([*SAH, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
+    try:
+        deadline = time.monotonic() + 120
+        while len(_sidecars(out) if out.exists() else {}) < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)  # the batch process only: its workers finish their jobs
+        assert proc.wait(timeout=120) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    stderr = proc.stderr.read()
+    finished = [job for job in _jobs(jobs, out) if is_done(job)]
+    assert 1 <= len(finished) < 6
+    n = len(finished)
+    assert f"{n} of 6 rows done ({n} now, 0 already done), 0 failed, {6 - n} not run" in stderr, stderr
+    rerun = shlex.join(["sah", "batch", str(jobs), f"--out={out}", "--workers=2", "--quiet", "--steps=10"])
+    assert stderr.strip().splitlines()[-1] == (f"Interrupted: {6 - n} row(s) not run. To resume (finished rows "
+                                               f"are skipped), run again: {rerun}")
+
+    again = subprocess.run([*SAH, *shlex.split(rerun)[1:]], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert f"6 of 6 rows done ({6 - n} now, {n} already done), 0 failed, in" in again.stderr
+
+
+def test_help_lists_the_exit_codes():
+    from click.testing import CliRunner
+
+    from sah.cli import cli
+
+    text = " ".join(CliRunner().invoke(cli, ["batch", "--help"]).output.split())
+    for code in ("0 every row is done", "1 some rows failed", "2 a bad manifest or option",
+                 "130 interrupted (Ctrl-C): rerun the same command to resume"):
+        assert code in text
+
+
+def test_run_flags_apply_to_every_row_under_the_rows_own_values(tmp_path):
+    """defaults < --config < flags < --set < the row's columns and set, with `sah run`'s flags."""
+    from click.testing import CliRunner
+
+    from sah.cli import cli
+
+    (tmp_path / "c.toml").write_text("[run]\nsteps = 2\nseed = 11\n\n[guidance]\nlr = 0.01\n")
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text('{"id": "plain"}\n'
+                    '{"id": "own", "prompt": "south", "seed": 5, "set": {"run.steps": 3, "guidance.lr": 0.03}}\n')
+    out = tmp_path / "out"
+    args = ["batch", str(jobs), "--out", str(out), "--quiet", "--config", str(tmp_path / "c.toml"),
+            "--steps", "4", "--seed", "12", "--prompt", "north", "--gen-video", "", "--no-plot",
+            "--set", "run.seed=13", "--set", "guidance.lr=0.02"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "2 of 2 rows done (2 now, 0 already done), 0 failed, in" in result.output
+    plain, own = (json.loads((out / f"{name}.json").read_text()) for name in ("plain", "own"))
+    assert (plain["prompt"], plain["seed"], plain["config"]["run"]["steps"]) == ("north", 13, 4)
+    assert plain["config"]["guidance"]["lr"]["audio"] == 0.02 and plain["config"]["video"]["generator"] == ""
+    assert (own["prompt"], own["seed"], own["config"]["run"]["steps"]) == ("south", 5, 3)
+    assert own["config"]["guidance"]["lr"]["audio"] == 0.03
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == [
+        "own.json", "own.wav", "plain.json", "plain.wav"]  # no video, no plot: the flags held
+
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 0 and "2 of 2 rows done (0 now, 2 already done), 0 failed" in again.output
 
 
 @pytest.mark.slow

@@ -269,6 +269,12 @@ def test_third_party_plugin_installs_and_runs(tmp_path):
     listing = subprocess.run([*sah_cmd, "plugins", "--json"], env=env, capture_output=True, text=True, check=True)
     rows = {r["name"]: r for r in json.loads(listing.stdout)["plugins"]}
     assert rows["example-tones"]["package"] == "sah-plugin-example"
+    # the installed plugin keeps the contract (`sah.testing`; it does not yet honour request.duration)
+    checked = subprocess.run([sys.executable, "-c", "from sah.testing import check_generator; "
+                              "from sah_plugin_example import ExampleTones; "
+                              "print(check_generator(ExampleTones(), bad_options={'duration': -1.0}).passed)"],
+                             env=env, capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stderr
     out = tmp_path / "out"
     wav = write_wav(tmp_path / "c.wav", tone(world.FREQUENCIES[3], 1.0, 16000), 16000)
     clip = write_mp4(tmp_path / "clip.mp4", blob_frames(3, 8, 32, 32), fps=8)

@@ -55,6 +55,20 @@ class BatchSummary:
     def complete(self) -> bool:
         return self.already_done + self.done == self.total
 
+    @property
+    def rows_done(self) -> int:
+        """Rows finished on disk now: done before this run and done in it."""
+        return self.already_done + self.done
+
+
+class BatchInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) stopped the batch. `summary` counts every row finished on disk, the jobs
+    that completed while it stopped included; running the batch again resumes it."""
+
+    def __init__(self, summary: BatchSummary) -> None:
+        super().__init__()
+        self.summary = summary
+
 
 def _model_order(job: Job) -> str:
     """Jobs that need the same models run next to each other, so workers swap models less."""
@@ -74,7 +88,8 @@ def run_batch(manifest: str | Path, out_dir: str | Path, *, layers: Sequence[dic
     `layers` are config layers applied to all rows (a `--config` file's dict, `--set` items),
     under each row's own values. `workers`: local worker processes (default 1, in this process), or
     with `ray` the number of actors (default: one per GPU, or per `cpus_per_worker` CPUs).
-    Raises SahError for a bad manifest before any job runs."""
+    Raises SahError for a bad manifest before any job runs, and BatchInterrupted (a
+    KeyboardInterrupt carrying the summary so far) on Ctrl-C."""
     if workers is not None and workers < 1:
         raise SahError(f"--workers must be at least 1, got {workers}")
     if ray:
@@ -106,7 +121,12 @@ def run_batch(manifest: str | Path, out_dir: str | Path, *, layers: Sequence[dic
             rows_by_id = {row.id: row for row in rows}
             progress.start(summary, len(to_run) + len(bad_rows))
 
+            counted: set[str] = set()
+
             def on_outcome(outcome: Outcome) -> None:
+                if outcome.id in counted:
+                    return
+                counted.add(outcome.id)
                 row = rows_by_id[outcome.id]
                 if outcome.status == "failed":
                     summary.failed += 1
@@ -122,13 +142,23 @@ def run_batch(manifest: str | Path, out_dir: str | Path, *, layers: Sequence[dic
                 on_outcome(Outcome(bad.id, "failed", bad.error, bad.kind))
 
             if to_run:
-                if ray:
-                    from sah.batch.on_ray import run_ray
+                try:
+                    if ray:
+                        from sah.batch.on_ray import run_ray
 
-                    run_ray(to_run, ray_address, on_outcome, workers=workers,
-                            cpus_per_worker=cpus_per_worker, log=progress.message)
-                else:
-                    run_local(to_run, workers or 1, on_outcome, progress.step if job_progress else None, threads)
+                        run_ray(to_run, ray_address, on_outcome, workers=workers,
+                                cpus_per_worker=cpus_per_worker, log=progress.message)
+                    else:
+                        run_local(to_run, workers or 1, on_outcome, progress.step if job_progress else None,
+                                  threads)
+                except KeyboardInterrupt as exc:
+                    # Jobs in flight may have finished while the batch stopped (local workers are
+                    # waited for): count what is on disk, as a resumed batch will.
+                    for job in to_run:
+                        if job.id not in counted and is_done(job):
+                            on_outcome(Outcome(job.id, "done"))
+                    summary.seconds = time.perf_counter() - start
+                    raise BatchInterrupted(summary) from exc
                 # A worker killed mid-save (and restarted by Ray, or replaced) leaves its temp files;
                 # every worker is idle now, so nothing is being written.
                 remove_stale_temps(out)
@@ -138,5 +168,5 @@ def run_batch(manifest: str | Path, out_dir: str | Path, *, layers: Sequence[dic
     return summary
 
 
-__all__ = ["BatchProgress", "BatchSummary", "Job", "Outcome", "Row", "Worker", "is_done", "read_manifest",
-           "run_batch"]
+__all__ = ["BatchInterrupted", "BatchProgress", "BatchSummary", "Job", "Outcome", "Row", "Worker", "is_done",
+           "read_manifest", "run_batch"]

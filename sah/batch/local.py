@@ -77,6 +77,14 @@ def _run_pool(jobs: list[Job], workers: int, threads: int, on_outcome: OutcomeFn
                             outcome = future.result()  # raises BrokenProcessPool if a worker died
                             del running[future]
                             on_outcome(outcome)
+                except KeyboardInterrupt:
+                    # Ctrl-C: let the jobs in flight finish (leaving the pool waits for them) and
+                    # report them, so the summary counts what is really done.
+                    pool.shutdown(wait=True)
+                    for future in running:
+                        if not future.cancelled() and future.exception() is None:
+                            on_outcome(future.result())
+                    raise
                 except BrokenProcessPool:
                     for job in running.values():
                         crashes[job.id] += 1

@@ -9,6 +9,7 @@ from diffusers import DDIMScheduler
 
 from sah import Audio, GenerationRequest, Generator, Modality, Trajectory, hookimpl
 from sah.component import Licence
+from sah.errors import SahError
 from sah.generator import predict_x0_from_scheduler, seeded_noise
 
 SAMPLE_RATE = 16_000
@@ -22,12 +23,20 @@ class ExampleTones(Generator):
     options = {"duration": 1.0, "loudness": 0.15}
     licence = Licence(code="Apache-2.0", weights="none (no weights: the denoiser is exact)", commercial=True)
 
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if not float(options["duration"]) > 0 or float(options["loudness"]) < 0:
+            raise SahError(f"example-tones: duration must be > 0 and loudness >= 0, got {options['duration']} "
+                           f"and {options['loudness']}")
+
     def prepare(self, request: GenerationRequest) -> Trajectory:
         scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                   beta_start=0.00085, beta_end=0.012, clip_sample=False)
         scheduler.set_timesteps(request.num_steps)
         latents = seeded_noise((len(FREQUENCIES),), request.seeds, self.device, self.dtype)
-        return Trajectory(latents, scheduler.timesteps, state={"scheduler": scheduler})
+        # the run's length, else the `duration` option
+        duration = float(request.duration or self.config["duration"])
+        return Trajectory(latents, scheduler.timesteps, state={"scheduler": scheduler}, duration=duration)
 
     def predict_noise(self, trajectory: Trajectory, latents: torch.Tensor, index: int) -> torch.Tensor:
         # With amplitudes ~ N(0, 1), E[noise | z_t] = √(1-ᾱ_t)·z_t exactly: no network needed.
@@ -45,7 +54,8 @@ class ExampleTones(Generator):
                                          trajectory.timesteps[index], index=index)
 
     def decode(self, latents: torch.Tensor, frames=None, trajectory=None) -> Audio:
-        n = int(self.config["duration"] * SAMPLE_RATE)
+        seconds = trajectory.duration if trajectory is not None and trajectory.duration else self.config["duration"]
+        n = int(seconds * SAMPLE_RATE)
         t = torch.arange(n, device=latents.device) / SAMPLE_RATE
         tones = torch.stack([torch.sin(2 * math.pi * f * t) for f in FREQUENCIES])  # [8, n]
         wave = self.config["loudness"] * (latents.float() @ tones) / math.sqrt(len(FREQUENCIES))
