@@ -6,11 +6,13 @@ with an empty cache reads the same one-line advice whatever the backend.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
 import socket
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlparse
@@ -82,8 +84,10 @@ def is_local_path(model: str) -> bool:
 
 
 def load_pretrained(loader: Callable[..., T], model: str, *, flag: str, what: str = "model", **kwargs: Any) -> T:
-    """`loader(model, **kwargs)` — e.g. `SomeModel.from_pretrained` — turning a missing local path
-    or an unreachable, uncached hub id into a one-line SahError that says how to fix it.
+    """`loader(model, **kwargs)` — e.g. `SomeModel.from_pretrained` — quietly (no progress bars or
+    advice from transformers and diffusers), turning a missing local path, a local folder without
+    the files a component needs, or an unreachable, uncached hub id into a one-line SahError that
+    says how to fix it.
 
     `flag` is the CLI flag that picks this model (e.g. "--audio-model"), named in the advice."""
     if is_local_path(model):
@@ -92,18 +96,56 @@ def load_pretrained(loader: Callable[..., T], model: str, *, flag: str, what: st
             raise SahError(f"{what} path {model!r} does not exist")
         model = str(path)
     try:
-        return loader(model, **kwargs)
+        with _quiet():
+            return loader(model, **kwargs)
     except SahError:
         raise
     except (OSError, ValueError) as exc:
-        first = first_line(exc)
         if Path(model).exists():
-            raise SahError(f"{what} at {model!r} could not be loaded: {first}") from exc
+            missing = _missing_in_folder(Path(model), kwargs.get("subfolder"))
+            raise SahError(f"{what} at {model!r} could not be loaded: {missing or first_line(exc)}") from exc
         reason = "HF_HUB_OFFLINE is set" if offline() else "the hub could not be reached or has no such repository"
         raise SahError(
             f"{what} {model!r} is not in the local Hugging Face cache and {reason}; where there is internet, "
             f"{fetch_advice(model)}, or pass a local copy with {flag} PATH"
         ) from exc
+
+
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".ckpt", ".pt")
+
+
+def _missing_in_folder(root: Path, subfolder: str | None) -> str | None:
+    """What a local model folder lacks for a component, said plainly (a framework's own error
+    names one file format it tried, e.g. a `.bin`, when the folder has none at all)."""
+    folder = root / subfolder if subfolder else root
+    if not folder.is_dir():
+        return f"it has no {subfolder}/ folder" if subfolder else "it is not a folder"
+    if (folder / "config.json").is_file() and not any(f.suffix in _WEIGHT_SUFFIXES for f in folder.iterdir()):
+        where = f"{subfolder}/" if subfolder else "the folder"
+        return f"{where} has a config.json but no weights file (*.safetensors or *.bin)"
+    return None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """transformers' and diffusers' loaders print progress bars and advice (install accelerate, a
+    model type that differs from the class); `sah run` has its own progress line."""
+    saved = []
+    for name in ("transformers", "diffusers"):
+        module = sys.modules.get(name)
+        logging = getattr(getattr(module, "utils", None), "logging", None) if module is not None else None
+        if logging is None:
+            continue
+        saved.append((logging, logging.get_verbosity(), logging.is_progress_bar_enabled()))
+        logging.set_verbosity(50)  # CRITICAL: a failed load is one line of sah's, not theirs too
+        logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for logging, verbosity, bars in saved:
+            logging.set_verbosity(verbosity)
+            if bars:
+                logging.enable_progress_bar()
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

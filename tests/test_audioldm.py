@@ -379,3 +379,26 @@ def test_guidance_gradient_equals_a_finite_difference(tiny):
         numeric = (loss(z + h * direction) - loss(z - h * direction)) / (2 * h)
     analytic = (grad * direction).sum()
     assert abs(float(numeric - analytic)) <= 1e-7 * abs(float(analytic))  # measured 6e-9
+
+
+def test_loading_is_quiet(tiny, capfd):
+    """No progress bars or advice from transformers and diffusers in `sah run`'s output."""
+    capfd.readouterr()
+    AudioLDMGenerator(str(tiny), duration=DURATION)
+    out, err = capfd.readouterr()
+    assert "Loading weights" not in err + out and "accelerate" not in err + out and "%|" not in err
+
+
+def test_a_folder_without_a_components_weights_is_named_precisely(tiny, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny, broken)
+    for weights in (broken / "unet").glob("diffusion_pytorch_model*"):
+        weights.unlink()
+    with pytest.raises(SahError) as info:
+        AudioLDMGenerator(str(broken), duration=DURATION)
+    message = str(info.value)
+    assert "\n" not in message and "unet/ has a config.json but no weights file" in message
+    assert ".bin" not in message.replace("*.bin", "")  # not diffusers' own line about one format it tried
+    shutil.rmtree(broken / "vocoder")
+    with pytest.raises(SahError, match="it has no vocoder/ folder"):
+        AudioLDMGenerator(str(broken), duration=DURATION)
