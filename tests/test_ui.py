@@ -220,7 +220,9 @@ def test_a_preset_fills_the_form(registry, tmp_path):
     assert (values["task"], values["gen_audio"], values["gen_video"], values["binder"]) == \
         ("v2a", "audioldm", "", "imagebind")
     assert (values["steps"], values["optimizer"], values["guidance_end"], values["lr_video"]) == (30, "ngd", 0.8, 0.01)
-    assert values["audio:audioldm:duration"] == 10.0 and values["audio:audioldm:cfg_scale"] == 2.5
+    # fast-v2a sets no audio.duration (the audio lasts as long as the video): the plugin's default shows
+    assert values["audio:audioldm:duration"] == 5.0 and values["audio:audioldm:cfg_scale"] == 2.5
+    assert app.form_values("fast-i2a")["audio:audioldm:duration"] == 10.0  # the preset's own value
     assert app.form_values("")["gen_audio"] == "toy-audio"
     # the app's own --set sits over the preset, under the form
     app = ui.App(tmp_path / "out", registry, base_layers=[{"run": {"steps": 7}}], preset="fast-v2a")
