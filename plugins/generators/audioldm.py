@@ -55,6 +55,21 @@ SCHEDULERS: dict[str, str] = {
 _CHUNK_CONTEXT_FRAMES = 8
 
 
+def mel_latent_shape(generator: Any, duration: float) -> tuple[int, int, int]:
+    """The duration → latent mapping of diffusers' AudioLDM pipelines (AudioLDM and AudioLDM 2):
+    ⌊duration / mel frame⌋ mel frames, rounded up to a whole latent frame, for a generator with
+    `hop`, `sample_rate`, `vae_scale_factor`, `mel_bins` and `unet`."""
+    seconds_per_frame = generator.hop / generator.sample_rate
+    shortest = seconds_per_frame * generator.vae_scale_factor
+    if duration < shortest:
+        raise SahError(f"{generator.name}: the audio must last at least {shortest:g} s for this model, "
+                       f"got {duration:g}")
+    mel_frames = int(duration / seconds_per_frame)
+    mel_frames = math.ceil(mel_frames / generator.vae_scale_factor) * generator.vae_scale_factor
+    return (int(generator.unet.config.in_channels), mel_frames // generator.vae_scale_factor,
+            generator.mel_bins // generator.vae_scale_factor)
+
+
 class AudioLDMGenerator(Generator):
     """AudioLDM sampling driven step by step by sah's aligner."""
 
@@ -138,14 +153,7 @@ class AudioLDMGenerator(Generator):
     def latent_shape_for(self, duration: float) -> tuple[int, int, int]:
         """The latent `(channels, frames, bins)` for `duration` seconds: AudioLDMPipeline's mapping,
         mel frames rounded up to a whole latent frame (the waveform is cut back afterwards)."""
-        seconds_per_frame = self.hop / self.sample_rate
-        shortest = seconds_per_frame * self.vae_scale_factor
-        if duration < shortest:
-            raise SahError(f"audioldm: the audio must last at least {shortest:g} s for this model, got {duration:g}")
-        mel_frames = int(duration / seconds_per_frame)
-        mel_frames = math.ceil(mel_frames / self.vae_scale_factor) * self.vae_scale_factor
-        return (int(self.unet.config.in_channels), mel_frames // self.vae_scale_factor,
-                self.mel_bins // self.vae_scale_factor)
+        return mel_latent_shape(self, duration)
 
     def latent_frame_seconds(self) -> float:
         return self.hop * self.vae_scale_factor / self.sample_rate

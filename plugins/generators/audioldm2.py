@@ -35,6 +35,7 @@ from sah.generator import (
 from sah.hookspecs import hookimpl
 from sah.hub import diffusers_load_kwargs, load_pretrained
 from sah.media import Audio, Modality
+from sah.plugins.generators.audioldm import mel_latent_shape
 
 # diffusers and transformers are imported on use (loading, scheduler lookup): every `sah` command
 # registers this plugin, and `sah plugins` or a run with another generator must not pay for them.
@@ -164,14 +165,7 @@ class AudioLDM2Generator(Generator):
         """The latent `(channels, frames, bins)` for `duration` seconds: AudioLDM2Pipeline's mapping,
         ⌊duration / mel frame⌋ mel frames rounded up to a whole latent frame (the waveform is cut
         back afterwards)."""
-        seconds_per_frame = self.hop / self.sample_rate
-        shortest = seconds_per_frame * self.vae_scale_factor
-        if duration < shortest:
-            raise SahError(f"audioldm2: the audio must last at least {shortest:g} s for this model, got {duration:g}")
-        mel_frames = int(duration / seconds_per_frame)
-        mel_frames = math.ceil(mel_frames / self.vae_scale_factor) * self.vae_scale_factor
-        return (int(self.unet.config.in_channels), mel_frames // self.vae_scale_factor,
-                self.mel_bins // self.vae_scale_factor)
+        return mel_latent_shape(self, duration)
 
     # -- placement -------------------------------------------------------------------------------
 
