@@ -26,7 +26,7 @@ from torch import Tensor
 from sah.binder import Binder
 from sah.component import Component, Licence
 from sah.errors import SahError
-from sah.generator import GenerationRequest, Generator, Trajectory, predict_x0_from_scheduler
+from sah.generator import GenerationRequest, Generator, Trajectory, fit_duration, predict_x0_from_scheduler
 from sah.media import Audio, Media, Modality, Text, Video
 
 __all__ = ["BINDER_CHECKS", "GENERATOR_CHECKS", "Report", "blob_video", "check_binder", "check_generator",
@@ -73,6 +73,17 @@ def blob_video(frames: int = 8, height: int = 32, width: int = 32, fps: float = 
 
 
 # --------------------------------------------------------------------------- shared helpers
+
+
+def sample_unguided(generator: Generator, request: GenerationRequest | Trajectory) -> Audio | Video:
+    """Unguided sampling through the Generator interface, step by step as the aligner drives it,
+    and the decoded media cut to the run's duration: what a plugin's pipeline-parity test compares."""
+    trajectory = request if isinstance(request, Trajectory) else generator.prepare(request)
+    latents = trajectory.latents
+    for i in range(trajectory.num_steps):
+        _, latents = generator.denoise_step(trajectory, latents, i)
+    with torch.no_grad():
+        return fit_duration(generator.decode(latents, trajectory=trajectory), trajectory.duration)
 
 
 def _fail(what: str) -> None:

@@ -31,6 +31,7 @@ from sah.io import read_audio, read_video
 from sah.media import Audio, Video
 from sah.plugins.binders.toy import ToyBinder
 from sah.plugins.generators.audioldm import SCHEDULERS, AudioLDMGenerator
+from sah.testing import sample_unguided
 
 # With hop 4·4 at 16 kHz a mel frame is 1 ms and the VAE halves time: 1 latent frame = 2 ms.
 DURATION = 0.2995  # not a whole number of latent frames: exercises rounding up and cutting back
@@ -85,13 +86,8 @@ def tiny(tmp_path_factory) -> Path:
 
 
 def sample(generator: AudioLDMGenerator, request: GenerationRequest) -> torch.Tensor:
-    """Unguided sampling through the Generator interface, as the aligner drives it."""
-    trajectory = generator.prepare(request)
-    latents = trajectory.latents
-    for i in range(trajectory.num_steps):
-        _, latents = generator.denoise_step(trajectory, latents, i)
-    with torch.no_grad():
-        return fit_duration(generator.decode(latents, trajectory=trajectory), trajectory.duration).waveform
+    """Unguided sampling as the aligner drives it (`sah.testing.sample_unguided`): the waveform."""
+    return sample_unguided(generator, request).waveform
 
 
 @pytest.mark.parametrize("scheduler, cfg_scale", [("ddim", 2.5), ("ddpm", 3.0), ("dpm", 1.0), ("pndm", 2.5),

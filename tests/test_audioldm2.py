@@ -47,6 +47,7 @@ from sah.io import read_audio, read_video
 from sah.media import Modality, Video
 from sah.plugins.binders.toy import ToyBinder
 from sah.plugins.generators.audioldm2 import GENERATED, SCHEDULERS, T5, T5_MASK, AudioLDM2Generator
+from sah.testing import sample_unguided
 
 # diffusers' σ-space schedulers call numpy in ways numpy 2 deprecates, thousands of times per run
 pytestmark = pytest.mark.filterwarnings("ignore:__array_wrap__ must accept:DeprecationWarning",
@@ -141,13 +142,8 @@ def reference_pipeline(folder: Path, scheduler_cls: type | None = None) -> Audio
 
 
 def sample(generator: AudioLDM2Generator, request: GenerationRequest | Trajectory) -> torch.Tensor:
-    """Unguided sampling through the Generator interface, as the aligner drives it."""
-    trajectory = request if isinstance(request, Trajectory) else generator.prepare(request)
-    latents = trajectory.latents
-    for i in range(trajectory.num_steps):
-        _, latents = generator.denoise_step(trajectory, latents, i)
-    with torch.no_grad():
-        return fit_duration(generator.decode(latents, trajectory=trajectory), trajectory.duration).waveform
+    """Unguided sampling as the aligner drives it (`sah.testing.sample_unguided`): the waveform."""
+    return sample_unguided(generator, request).waveform
 
 
 # --------------------------------------------------------------------------- parity with the pipeline

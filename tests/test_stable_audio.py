@@ -38,6 +38,7 @@ from sah.media import Modality
 from sah.plugins.generators.stable_audio import RELEASED_MAX_SECONDS, StableAudioGenerator
 from sah.presets import load_preset, preset_text
 from sah.registry import get_registry
+from sah.testing import sample_unguided
 
 A = Modality.AUDIO
 RATE, HOP, FRAMES = 44100, 256, 128          # the tiny VAE's hop: 4·8·8; the DiT's sample_size
@@ -101,13 +102,8 @@ def gen(tiny) -> StableAudioGenerator:
 
 
 def sample(generator: StableAudioGenerator, request: GenerationRequest) -> torch.Tensor:
-    """Unguided sampling through the Generator interface, as the aligner drives it."""
-    trajectory = generator.prepare(request)
-    latents = trajectory.latents
-    for i in range(trajectory.num_steps):
-        _, latents = generator.denoise_step(trajectory, latents, i)
-    with torch.no_grad():
-        return fit_duration(generator.decode(latents, trajectory=trajectory), trajectory.duration).waveform
+    """Unguided sampling as the aligner drives it (`sah.testing.sample_unguided`): the waveform."""
+    return sample_unguided(generator, request).waveform
 
 
 def pipeline_reference(tiny: Path, prompts, seeds, negative, seconds, steps, cfg_scale) -> torch.Tensor:

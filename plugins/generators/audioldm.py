@@ -37,9 +37,10 @@ from sah.media import Audio, Modality
 # diffusers and transformers are imported on use (loading, scheduler lookup): every `sah` command
 # registers this plugin, and `sah plugins` or a run with another generator must not pay for them.
 
-#: Short names for the samplers sah can guide. They are variance-preserving (x_t = √ᾱ·x0 + √(1-ᾱ)·ε,
-#: unscaled model input), which `predict_x0_from_scheduler` assumes; sigma-space samplers (Euler,
-#: LMS, Heun, ...) keep latents on another scale and are refused rather than guided wrongly.
+#: Short names for the samplers this plugin offers: the variance-preserving ones (x_t = √ᾱ·x0 +
+#: √(1-ᾱ)·ε, unscaled model input), each compared with AudioLDMPipeline in tests/test_audioldm.py.
+#: (σ-space samplers are guided by the core too, see `sah.schedules`, but are not offered here
+#: without such a comparison.)
 SCHEDULERS: dict[str, str] = {
     "ddim": "DDIMScheduler",
     "ddpm": "DDPMScheduler",

@@ -35,6 +35,7 @@ from sah.generator import (
 from sah.hookspecs import hookimpl
 from sah.hub import diffusers_load_kwargs, load_pretrained
 from sah.media import Audio, Modality
+from sah.plugins.generators.audioldm import SCHEDULERS as AUDIOLDM_SCHEDULERS
 from sah.plugins.generators.audioldm import mel_latent_shape
 
 # diffusers and transformers are imported on use (loading, scheduler lookup): every `sah` command
@@ -44,13 +45,7 @@ from sah.plugins.generators.audioldm import mel_latent_shape
 #: and σ-space ones (x = x0 + σ·ε, model input scaled by the scheduler), both of which
 #: `predict_x0_from_scheduler` knows. Their settings come from the model's `scheduler/` folder.
 SCHEDULERS: dict[str, str] = {
-    "ddim": "DDIMScheduler",
-    "ddpm": "DDPMScheduler",
-    "pndm": "PNDMScheduler",
-    "dpm": "DPMSolverMultistepScheduler",
-    "dpm-single": "DPMSolverSinglestepScheduler",
-    "unipc": "UniPCMultistepScheduler",
-    "deis": "DEISMultistepScheduler",
+    **AUDIOLDM_SCHEDULERS,  # the variance-preserving ones AudioLDM offers
     "euler": "EulerDiscreteScheduler",
     "euler-a": "EulerAncestralDiscreteScheduler",
     "heun": "HeunDiscreteScheduler",
