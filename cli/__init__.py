@@ -258,7 +258,7 @@ def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, preset: st
     stop = _install_sigterm()
     models = api.load(plan)
     if quiet:
-        result = api.generate(plan, models, should_stop=stop)
+        result = api.generate(plan, models, should_stop=stop, release=True)  # one run: nothing reuses them
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -270,7 +270,7 @@ def run(config_file: Path | None, sets: tuple[str, ...], quiet: bool, preset: st
                 text = "  ".join(f"{k} {v:+.3f}" for k, v in sims.items())
                 bar.update(job, completed=done, total=total, sims=text)
 
-            result = api.generate(plan, models, progress=progress, should_stop=stop)
+            result = api.generate(plan, models, progress=progress, should_stop=stop, release=True)
     written = api.save(result)
     if not quiet:
         for path in written:
@@ -345,27 +345,33 @@ def _install_sigterm() -> Any:
 
 
 @cli.command()
+@click.argument("name", required=False)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def plugins(as_json: bool) -> None:
-    """List generators and binders, and plugins that failed to load."""
+def plugins(name: str | None, as_json: bool) -> None:
+    """List generators and binders, and plugins that failed to load; with NAME, one of them and
+    its options (what each does, its default and the values it takes).
+
+    \b
+    sah plugins
+    sah plugins imagebind
+    """
     from sah.registry import get_registry
 
     commands = cli.load_plugin_commands()
     registry = get_registry()
-    rows = []
-    for kind, table in (("generator", registry.generators), ("binder", registry.binders)):
-        for name, cls in sorted(table.items()):
-            info = registry.sources.get(name)
-            modalities = [cls.modality.value] if kind == "generator" else sorted(m.value for m in cls.modalities)
-            licence = cls.licence_for(cls.default_model)
-            rows.append({"name": name, "kind": kind, "modalities": modalities,
-                         "plugin": info.name if info else "?", "package": info.package if info else "?",
-                         "version": info.version if info else "?", "description": cls.description,
-                         "licence": None if licence is None else
-                         {"code": licence.code, "weights": licence.weights, "commercial": licence.commercial,
-                          "url": licence.url}})
+    rows = [_plugin_row(registry, kind, cls) for kind, table in (("generator", registry.generators),
+                                                                  ("binder", registry.binders))
+            for _, cls in sorted(table.items())]
     broken = [{"name": b.name, "entry_point": b.entry_point, "package": b.package, "error": b.error}
               for b in registry.broken]
+    if name is not None:
+        registry.component(name)  # an unknown name: the registry's one-line error, with the closest name
+        chosen = [row for row in rows if row["name"] == name]
+        if as_json:
+            click.echo(json.dumps(chosen[0], indent=2))
+        else:
+            _print_plugin(chosen[0])
+        return
     if as_json:
         click.echo(json.dumps({"plugins": rows, "broken": broken, "commands": commands}, indent=2))
         return
@@ -375,16 +381,63 @@ def plugins(as_json: bool) -> None:
     for column in ("name", "kind", "modalities", "package", "version", "licence (code / weights)", "description"):
         table.add_column(column)
     for row in rows:
-        lic = row["licence"]
-        terms = "not declared" if lic is None else \
-            f"{lic['code']} / {lic['weights']}" + ("" if lic["commercial"] else " (non-commercial)")
         table.add_row(row["name"], row["kind"], ", ".join(row["modalities"]), row["package"], row["version"],
-                      terms, row["description"])
+                      _licence_terms(row["licence"]), row["description"])
     Console().print(table)
+    Console().print("sah plugins NAME shows one of them with its options")
     if commands:
         Console().print(f"commands added by plugins: {', '.join(commands)} (sah COMMAND --help)")
     for b in broken:
         Console().print(f"[red]broken[/red] {b['name']} ({b['entry_point']}): {b['error']}")
+
+
+def _plugin_row(registry: Any, kind: str, cls: Any) -> dict[str, Any]:
+    info = registry.sources.get(cls.name)
+    licence = cls.licence_for(cls.default_model)
+    section = cls.modality.value if kind == "generator" else "binder"
+    return {"name": cls.name, "kind": kind, "section": section,
+            "modalities": [cls.modality.value] if kind == "generator" else sorted(m.value for m in cls.modalities),
+            "plugin": info.name if info else "?", "package": info.package if info else "?",
+            "version": info.version if info else "?", "description": cls.description,
+            "default_model": cls.default_model,
+            "licence": None if licence is None else
+            {"code": licence.code, "weights": licence.weights, "commercial": licence.commercial, "url": licence.url},
+            "core_defaults": dict(getattr(cls, "core_defaults", {})),
+            "options": {key: {"default": spec.default, "help": spec.help, "takes": spec.describe(),
+                              "choices": list(spec.choices), "type": spec.type.__name__ if spec.type else None,
+                              "min": spec.min, "max": spec.max}
+                        for key, spec in cls.option_specs().items()}}
+
+
+def _licence_terms(licence: dict[str, Any] | None) -> str:
+    if licence is None:
+        return "not declared"
+    return f"{licence['code']} / {licence['weights']}" + ("" if licence["commercial"] else " (non-commercial)")
+
+
+def _print_plugin(row: dict[str, Any]) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    console = Console()
+    console.print(f"[bold]{row['name']}[/bold] — {row['kind']} ({', '.join(row['modalities'])}) from "
+                  f"{row['package']} {row['version']}")
+    if row["description"]:
+        console.print(escape(row["description"]))
+    console.print(f"default model: {row['default_model'] or '(none)'}")
+    console.print(f"licence (code / weights): {_licence_terms(row['licence'])}")
+    for key, value in row["core_defaults"].items():
+        console.print(f"sets the default of {row['section']}.{key} to {value!r}")
+    if not row["options"]:
+        console.print(escape(f"no options of its own in [{row['section']}]"))
+        return
+    table = Table(title=escape(f"options: [{row['section']}] keys, or --set {row['section']}.KEY=VALUE"))
+    for column in ("option", "default", "takes", "what it does"):
+        table.add_column(column)
+    for key, option in row["options"].items():
+        table.add_row(key, escape(cfg.to_toml({"v": {"x": option["default"]}}).split("=", 1)[1].strip())
+                      if option["default"] is not None else "(none)", escape(option["takes"]), escape(option["help"]))
+    console.print(table)
 
 
 @cli.group("config")
@@ -405,7 +458,9 @@ def config_show(config_file: Path | None, sets: tuple[str, ...], preset: str | N
     from sah.registry import get_registry
 
     layers = _layers(config_file, sets, flags, preset)
-    click.echo(cfg.to_toml(cfg.resolve(*layers, registry=get_registry())), nl=False)
+    registry = get_registry()
+    config = cfg.resolve(*layers, registry=registry)
+    click.echo(cfg.to_toml(config, cfg.option_notes(config, registry)), nl=False)
 
 
 @config_group.command("presets")

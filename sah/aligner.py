@@ -24,20 +24,24 @@ import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from sah import cost, longform
 from sah.binder import Binder
 from sah.config import DEFAULTS
 from sah.errors import PluginError, SahError, plugin_failure
 from sah.generator import GenerationRequest, Generator, Trajectory, fit_duration
+from sah.lazy import lazy_import
 from sah.longform import Window
 from sah.media import Audio, Modality, Video
 
-UpdateRule = Callable[[Tensor, Tensor, dict, float], Tensor]
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
+
+UpdateRule = Callable[["Tensor", "Tensor", dict, float], "Tensor"]
 
 
 def _per_sample_norm(g: Tensor) -> Tensor:
@@ -407,10 +411,10 @@ def prompt_tensors(embeds: Any) -> list[tuple[Any, Tensor]]:
     """The tunable tensors of a trajectory's `prompt_embeds`: the tensor itself (key None), or the
     floating-point entries of a tuple/list (key: position) or a dict (key: name). Masks and ids
     are left alone."""
-    if isinstance(embeds, Tensor):
+    if isinstance(embeds, torch.Tensor):
         return [(None, embeds)]
     items = embeds.items() if isinstance(embeds, Mapping) else enumerate(embeds)
-    return [(k, v) for k, v in items if isinstance(v, Tensor) and v.is_floating_point()]
+    return [(k, v) for k, v in items if isinstance(v, torch.Tensor) and v.is_floating_point()]
 
 
 def replace_prompt_tensor(embeds: Any, key: Any, tensor: Tensor) -> Any:
@@ -516,7 +520,7 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
                     if opt_step == 0:
                         per_window.setdefault(term.name, []).extend(
                             [float(v) for v in row] for row in sim.detach().reshape(len(part.windows), -1))
-                if not isinstance(loss, Tensor):
+                if not isinstance(loss, torch.Tensor):
                     continue
                 losses.extend(loss.detach().reshape(len(part.windows), -1))
                 # the backward pass runs through the decoders and the binder: name the binder, whose
@@ -561,7 +565,7 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
                     streams[modality].latents = new
     for stream in streams.values():
         if stream.trajectory.prompt_embeds is not None:
-            stream.trajectory.prompt_embeds = map_prompt_tensors(stream.trajectory.prompt_embeds, Tensor.detach)
+            stream.trajectory.prompt_embeds = map_prompt_tensors(stream.trajectory.prompt_embeds, torch.Tensor.detach)
     return record
 
 

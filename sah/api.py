@@ -220,15 +220,15 @@ def _check_weights(config: dict[str, Any], generators: dict[Modality, type[Gener
                    binder: type[Binder] | None) -> None:
     """Plugin options, then every weight the load would read, checked at once, so an offline user
     hears of all missing weights in one line and a bad option before any of them."""
-    parts: list[tuple[type, dict[str, Any], str]] = [
-        (cls, config[m.value], f"--{m.value}-model") for m, cls in generators.items()]
+    parts: list[tuple[type, str]] = [(cls, m.value) for m, cls in generators.items()]
     if binder is not None:
-        parts.append((binder, config["binder"], "--binder-model"))
-    for cls, section, _ in parts:
-        cls.check_options({**cls.options, **_plugin_options(cls, section)})
-    refs = [(ref, flag or default_flag)
-            for cls, section, default_flag in parts
-            for ref, flag in cls.weights(_model_id(section), _plugin_options(cls, section))]
+        parts.append((binder, "binder"))
+    refs: list[tuple[str, str]] = []
+    for cls, name in parts:
+        section = config[name]
+        options = cls.resolve_options(_plugin_options(cls, section), label=f"{name}.")
+        default_flag = "--binder-model" if name == "binder" else f"--{name}-model"
+        refs += [(ref, flag or default_flag) for ref, flag in cls.weights(_model_id(section), options)]
     hub.check_weights(refs)
 
 
@@ -284,10 +284,9 @@ def _model_id(section: dict[str, Any]) -> str | None:
 
 
 def _plugin_options(cls: type, section: dict[str, Any]) -> dict[str, Any]:
-    """The section's keys that are the plugin's own options (core keys such as `model` or
-    `cfg_scale` are passed otherwise, even where a plugin overrides their default)."""
-    core = set(cfg.DEFAULTS["audio"]) | set(cfg.DEFAULTS["binder"])
-    return {k: section[k] for k in cls.options if k in section and k not in core}
+    """The section's keys that are the plugin's own options (the core keys, such as `model` and
+    `cfg_scale`, reach it otherwise: no option may share their names, `sah.registry` checks)."""
+    return {k: section[k] for k in cls.options if k in section}
 
 
 def load(plan: RunPlan) -> Models:
@@ -316,25 +315,40 @@ def _construct(cls: type, model: str | None, device: torch.device, dtype: torch.
 
 
 def _embed_targets(plan: RunPlan, binder: Binder | None, prompts: list[str],
-                   windows: Sequence[longform.Window] | None = None) -> dict[str, Any]:
+                   windows: Sequence[longform.Window] | None = None,
+                   keep: frozenset[Modality] | None = None) -> dict[str, Any]:
     """Condition and prompt embeddings, computed once per run; over several windows, the condition
-    as one embedding per window of its own stretch."""
+    as one embedding per window of its own stretch. With `keep` (the modalities the guidance will
+    embed), the binder releases each modality once nothing left needs it: the prompts' first, so
+    that the text tower is gone before the condition's is loaded."""
     targets: dict[str, Any] = {}
     if binder is None:
         return targets
     names = {t.target for t in plan.terms}
-    with torch.no_grad(), plugin_call(binder, "embed"):
-        if "condition" in names and plan.condition is not None:
-            condition = plan.condition.to(binder.device)
-            if windows and len(windows) > 1 and isinstance(condition, (Audio, Video)):
-                targets["condition"] = [binder.embed(longform.segment(condition, w)).float() for w in windows]
-            else:
-                targets["condition"] = binder.embed(condition).float()
+    condition = plan.condition if "condition" in names else None
+    with torch.no_grad():
         if "text" in names:
             unique = sorted(set(prompts))
-            table = binder.embed(Text(unique)).float()
+            with plugin_call(binder, "embed"):
+                table = binder.embed(Text(unique)).float()
             targets["text"] = table[[unique.index(p) for p in prompts]]
+        if keep is not None:
+            _release(binder, keep | ({condition.modality} if condition is not None else set()))
+        if condition is not None:
+            condition = condition.to(binder.device)
+            with plugin_call(binder, "embed"):
+                if windows and len(windows) > 1 and isinstance(condition, (Audio, Video)):
+                    targets["condition"] = [binder.embed(longform.segment(condition, w)).float() for w in windows]
+                else:
+                    targets["condition"] = binder.embed(condition).float()
+        if keep is not None:
+            _release(binder, keep)
     return targets
+
+
+def _release(binder: Binder, keep: frozenset[Modality]) -> None:
+    with plugin_call(binder, "release"):
+        binder.release(frozenset(keep))
 
 
 def output_windows(config: dict[str, Any], generators: Sequence[Generator],
@@ -363,18 +377,25 @@ def output_duration(config: dict[str, Any], condition: Media | None) -> float | 
 
 
 def generate(plan: RunPlan, models: Models | None = None, progress: ProgressFn | None = None,
-             should_stop: Callable[[], bool] | None = None, prompts: Sequence[str] | None = None) -> RunResult:
-    """Sample `run.num_samples` outputs for a plan. `prompts` may give one prompt per sample."""
+             should_stop: Callable[[], bool] | None = None, prompts: Sequence[str] | None = None,
+             release: bool | None = None) -> RunResult:
+    """Sample `run.num_samples` outputs for a plan. `prompts` may give one prompt per sample.
+
+    `release`: once the condition and prompts are embedded, let the binder free what the guidance
+    will not embed (`Binder.release`; ImageBind's vision and text towers in a V2A run). None: only
+    when the models are loaded here, since models passed in may serve another run (`sah ui`,
+    `sah batch`) that would load them again."""
     start = time.perf_counter()
+    release = models is None if release is None else release
     with accounting() as account:
         with stage("load"):
             models = models or load(plan)
-        result = _generate(plan, models, progress, should_stop, prompts)
+        result = _generate(plan, models, progress, should_stop, prompts, release)
     return RunResult(plan, result, time.perf_counter() - start, account)
 
 
 def _generate(plan: RunPlan, models: Models, progress: ProgressFn | None, should_stop: Callable[[], bool] | None,
-              prompts: Sequence[str] | None) -> list[Sample]:
+              prompts: Sequence[str] | None, release: bool) -> list[Sample]:
     config, task = plan.config, plan.task
     run = config["run"]
     n = run["num_samples"]
@@ -389,7 +410,7 @@ def _generate(plan: RunPlan, models: Models, progress: ProgressFn | None, should
             prompts=prompts, seeds=seeds, negative_prompt=run["negative_prompt"],
             num_steps=section["steps"] or run["steps"], cfg_scale=section["cfg_scale"], duration=duration)
     with stage("condition and prompt"):
-        targets = _embed_targets(plan, models.binder, prompts, windows)
+        targets = _embed_targets(plan, models.binder, prompts, windows, frozenset(task.generates) if release else None)
     result = align(models.generators, requests, models.binder, plan.terms, targets,
                    GuidanceSettings.from_config(config["guidance"]), on_step=progress, should_stop=should_stop,
                    windows=windows, window_batch=run["window_batch"])

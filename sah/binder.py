@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from collections.abc import Sequence
-from typing import ClassVar
-
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, ClassVar
 
 from sah.component import Component
+from sah.lazy import lazy_import
 from sah.media import Media, Modality, Video
+
+if TYPE_CHECKING:
+    import torch.nn.functional as F
+    from torch import Tensor
+else:
+    F = lazy_import("torch.nn.functional")
 
 
 class Binder(Component):
@@ -39,6 +43,13 @@ class Binder(Component):
         """The frame indices `embed` looks at in a clip of `num_frames` frames, or None for all.
 
         A generator that can decode a subset of frames decodes only these during guidance."""
+        return None
+
+    def release(self, keep: frozenset[Modality]) -> None:
+        """Free what embedding the modalities outside `keep` holds (a tower, a text encoder): a
+        run calls it once its condition and prompts are embedded, keeping what its guidance
+        embeds. An embed of a released modality later must still work (by loading it again).
+        Default: nothing is freed."""
         return None
 
 

@@ -159,34 +159,31 @@ def _check_type(path: str, value: Any, default: Any) -> Any:
     return value
 
 
-def _scalar(value: Any) -> bool:
-    return isinstance(value, (str, int, float)) and not isinstance(value, bool)
-
-
-
 def _check_section(name: str, given: dict[str, Any], defaults: dict[str, Any],
-                   plugin_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
-    """`plugin_keys` are a plugin's own options, which may mix a word and a number: `audio_clips = 4`
-    where the default is "auto", `video_crops = "squash"` where it is 3. The plugin's
-    `check_options` judges those values."""
+                   plugin_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """`plugin_options` are the section's plugin's declared options (`sah.component.Option`s),
+    which judge their own values: `audio_clips = 4` where the default is "auto"."""
     if not isinstance(given, dict):
         raise ConfigError(f"config section '[{name}]' must be a table, got {given!r}")
+    plugin_options = plugin_options or {}
     out = copy.deepcopy(defaults)
     for key, value in given.items():
         path = f"{name}.{key}"
         if key not in defaults:
             raise _unknown(f"{name}.", key, list(defaults))
         default = defaults[key]
-        if isinstance(default, dict):
+        if key in plugin_options:
+            try:
+                out[key] = plugin_options[key].coerce(value)
+            except ValueError as exc:
+                raise ConfigError(f"config key '{path}' must be {exc}, got {value!r}") from None
+        elif isinstance(default, dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"config key '{path}' must be a table, got {value!r}")
             for sub, subvalue in value.items():
                 if sub not in default:
                     raise _unknown(f"{path}.", sub, list(default))
                 out[key][sub] = _check_type(f"{path}.{sub}", subvalue, default[sub])
-        elif key in plugin_keys and _scalar(value) and (isinstance(default, str) or (
-                isinstance(value, str) and isinstance(default, int) and not isinstance(default, bool))):
-            out[key] = value
         else:
             out[key] = _check_type(path, value, default)
     return out
@@ -213,7 +210,7 @@ def resolve(*layers: dict[str, Any], registry: Any = None) -> dict[str, Any]:
             raise _unknown("", section, list(DEFAULTS))
 
     defaults = default_config()
-    plugin_keys: dict[str, frozenset[str]] = {}
+    plugin_options: dict[str, dict[str, Any]] = {}
     if registry is not None:
         for section, key in PLUGIN_SECTIONS.items():
             table = given.get(section, {})
@@ -226,10 +223,10 @@ def resolve(*layers: dict[str, Any], registry: Any = None) -> dict[str, Any]:
                 from sah.media import Modality
 
                 cls = registry.generator(name, Modality(section))
-            defaults[section] = {**defaults[section], **copy.deepcopy(cls.options)}
-            plugin_keys[section] = frozenset(cls.options) - set(DEFAULTS[section])
+            defaults[section] = {**defaults[section], **cls.option_defaults(), **getattr(cls, "core_defaults", {})}
+            plugin_options[section] = cls.option_specs()
 
-    config = {name: _check_section(name, given.get(name, {}), defaults[name], plugin_keys.get(name, frozenset()))
+    config = {name: _check_section(name, given.get(name, {}), defaults[name], plugin_options.get(name))
               for name in DEFAULTS}
     _check_values(config)
     return config
@@ -260,7 +257,8 @@ def _check_values(config: dict[str, Any]) -> None:
          f"input.max_seconds must be a finite number >= 0 (0: no limit), got {config['input']['max_seconds']}")
     for section in ("audio", "video"):
         need(config[section]["steps"] >= 0, f"{section}.steps must be 0 (use run.steps) or more")
-        need(math.isfinite(config[section]["cfg_scale"]), f"{section}.cfg_scale must be finite")
+        scale = config[section]["cfg_scale"]
+        need(math.isfinite(scale) and scale >= 0, f"{section}.cfg_scale must be a finite number >= 0, got {scale}")
     need(guidance["optimizer"] in OPTIMIZERS,
          f"guidance.optimizer must be one of {', '.join(OPTIMIZERS)}, got {guidance['optimizer']!r}")
     need(guidance["nudge"] in NUDGES,
@@ -293,10 +291,32 @@ def _toml_value(value: Any) -> str:
     raise TypeError(f"cannot write {value!r} as TOML")
 
 
-def to_toml(config: dict[str, Any]) -> str:
-    """The config as TOML text that `load_toml` reads back to the same dict."""
+def to_toml(config: dict[str, Any], notes: dict[tuple[str, str], str] | None = None) -> str:
+    """The config as TOML text that `load_toml` reads back to the same dict; `notes` become a
+    comment after their (section, key)."""
+    notes = notes or {}
     blocks = []
     for section, table in config.items():
-        lines = [f"[{section}]"] + [f"{key} = {_toml_value(value)}" for key, value in table.items()]
+        lines = [f"[{section}]"]
+        for key, value in table.items():
+            note = notes.get((section, key))
+            lines.append(f"{key} = {_toml_value(value)}" + (f"  # {note}" if note else ""))
         blocks.append("\n".join(lines))
     return "\n\n".join(blocks) + "\n"
+
+
+def option_notes(config: dict[str, Any], registry: Any) -> dict[tuple[str, str], str]:
+    """What each plugin option of a resolved config does and takes, for `sah config show`."""
+    from sah.media import Modality
+
+    notes = {}
+    for section, key in PLUGIN_SECTIONS.items():
+        name = config[section][key]
+        if not name:
+            continue
+        cls = registry.binder(name) if section == "binder" else registry.generator(name, Modality(section))
+        for option, spec in cls.option_specs().items():
+            notes[(section, option)] = "; ".join(filter(None, [spec.help, f"takes {spec.describe()}"]))
+        for core in getattr(cls, "core_defaults", {}):
+            notes.setdefault((section, core), f"{name}'s default is {cls.core_defaults[core]!r}")
+    return notes

@@ -14,8 +14,15 @@ from collections.abc import Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from sah.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")
+
 
 #: what a plugin call does → the stage its time counts to
 STAGES = {"predict_noise": "denoiser", "step": "scheduler", "predict_x0": "x0", "decode": "decode",

@@ -10,14 +10,18 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah import schedules
 from sah.component import Component
+from sah.lazy import lazy_import
 from sah.media import Audio, Modality, Video
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 
 @dataclass
@@ -31,7 +35,8 @@ class GenerationRequest:
     seeds: list[int]
     negative_prompt: str = ""
     num_steps: int = 50
-    cfg_scale: float = 1.0
+    #: classifier-free guidance scale; None: the generator's own (`Generator.cfg_scale`)
+    cfg_scale: float | None = None
     duration: float | None = None
 
     def __post_init__(self) -> None:
@@ -72,9 +77,12 @@ class Trajectory:
 
 
 def seeded_noise(shape: Sequence[int], seeds: Sequence[int], device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32) -> Tensor:
+                 dtype: torch.dtype | None = None) -> Tensor:
     """Gaussian noise `[len(seeds), *shape]`, one seed per sample, so a sample does not depend on
-    the batch it was drawn in. Drawn on the CPU for the same numbers on every device."""
+    the batch it was drawn in. Drawn on the CPU for the same numbers on every device (float32
+    unless `dtype` says otherwise)."""
+    if dtype is None:
+        dtype = torch.float32
     rows = [torch.randn(tuple(shape), generator=torch.Generator().manual_seed(int(s))) for s in seeds]
     return torch.stack(rows).to(device=device, dtype=dtype)
 
@@ -83,11 +91,15 @@ class Generator(Component):
     """A frozen diffusion model producing audio or video.
 
     Subclasses set `name` (the plugin name users type), `modality` (AUDIO or VIDEO) and
-    `options` (extra config keys of its `[audio]`/`[video]` section, with their defaults), and
+    `options` (extra config keys of its `[audio]`/`[video]` section, `sah.component.Option`s), and
     load their weights in `__init__`.
     """
 
     modality: ClassVar[Modality]
+    #: The defaults this model sets for core keys of its section, e.g. `{"cfg_scale": 2.5}` (its
+    #: pipeline's guidance scale): the config fills them in, and a request without a `cfg_scale`
+    #: gets this one. Core keys are never options, so they cannot be set at load and then ignored.
+    core_defaults: ClassVar[dict[str, Any]] = {}
     #: `prompt_embeds` is a tensor the denoiser is differentiable in (guided prompt tuning).
     supports_prompt_tuning: ClassVar[bool] = False
     #: `decode(latents, frames=...)` decodes only those frames (video generators).
@@ -107,6 +119,12 @@ class Generator(Component):
     @abstractmethod
     def prepare(self, request: GenerationRequest) -> Trajectory:
         """Encode prompts, set the scheduler's timesteps and draw the initial latents."""
+
+    def cfg_scale(self, request: GenerationRequest) -> float:
+        """The classifier-free guidance scale of `request`, or this model's default when it gives none."""
+        if request.cfg_scale is not None:
+            return float(request.cfg_scale)
+        return float(self.core_defaults.get("cfg_scale", 1.0))
 
     @abstractmethod
     def predict_noise(self, trajectory: Trajectory, latents: Tensor, index: int) -> Tensor:

@@ -15,15 +15,20 @@ import wave
 from collections.abc import Iterable, Iterator
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import av
 import numpy as np
-import torch
-from torch import Tensor
 
 from sah.errors import MediaError
+from sah.lazy import lazy_import
 from sah.media import Audio, Image, Modality, Video
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 StrPath = str | os.PathLike
 

@@ -15,11 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from sah.lazy import lazy_import
 from sah.media import Audio, Media, Video
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 #: how far (seconds) an incoming audio window may be shifted to line its phase up with the outgoing
 #: one before the crossfade: a period of 50 Hz, more than any tone the toy world or speech has

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.metadata
+import inspect
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from sah import hookspecs
 from sah.binder import Binder
 from sah.errors import PluginError, first_line
 from sah.generator import Generator
+from sah.lazy import LazyModule
 from sah.media import Modality
 
 ENTRY_POINT_GROUP = "sah"
@@ -59,6 +61,10 @@ class Registry:
     def binder(self, name: str) -> type[Binder]:
         return self._lookup(name, self.binders, "binder")
 
+    def component(self, name: str) -> type[Generator] | type[Binder]:
+        """The generator or binder called `name`."""
+        return self._lookup(name, {**self.generators, **self.binders}, "generator or binder")
+
     def _lookup(self, name: str, choices: dict[str, Any], kind: str) -> Any:
         if name in choices:
             return choices[name]
@@ -83,11 +89,22 @@ def _allowed() -> set[str] | None:
     return {n.strip() for n in value.split(",") if n.strip()}
 
 
+class _PluginManager(pluggy.PluginManager):
+    """pluggy's manager, except that a module a plugin imports on use (`sah.lazy.lazy_import`) is
+    passed over unseen when the plugin's names are searched for hooks: pluggy's `isinstance` checks
+    would ask it for its `__class__`, and so import torch for `sah plugins`."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        if type(inspect.getattr_static(plugin, name, None)) is LazyModule:
+            return None
+        return super().parse_hookimpl_opts(plugin, name)
+
+
 def load_registry(extra_plugins: list[Any] | None = None) -> Registry:
     """Discover entry-point plugins (restricted by `SAH_LOAD_PLUGINS`), add `extra_plugins`
     (modules or objects with hookimpls, as tests and notebooks register them), and collect
     their generators and binders."""
-    pm = pluggy.PluginManager(ENTRY_POINT_GROUP)
+    pm = _PluginManager(ENTRY_POINT_GROUP)
     pm.add_hookspecs(hookspecs)
     registry = Registry(plugin_manager=pm)
     allowed = _allowed()
@@ -132,6 +149,7 @@ def _collect(registry: Registry, pm: pluggy.PluginManager, hook_name: str, base:
                 raise TypeError(f"{cls!r} is not a {base.__name__} subclass")
             if not getattr(cls, "name", None):
                 raise TypeError(f"{cls.__name__} has no `name`")
+            _check_declaration(cls, "binder" if base is Binder else "audio")
             _found.append(cls)
 
         try:
@@ -142,6 +160,31 @@ def _collect(registry: Registry, pm: pluggy.PluginManager, hook_name: str, base:
         for cls in found:
             into[cls.name] = cls
             registry.sources[cls.name] = info
+
+
+#: core keys a generator may give its own default for (`Generator.core_defaults`)
+_OVERRIDABLE = frozenset({"cfg_scale", "steps"})
+
+
+def _check_declaration(cls: Any, section: str) -> None:
+    """A plugin's options must not share a name with its section's core keys (which reach it
+    otherwise, so an option of that name would be set and ignored), and each declared default
+    must be a value its own `Option` takes."""
+    from sah.config import DEFAULTS
+
+    core = set(DEFAULTS[section])
+    clash = sorted(core & set(cls.options))
+    if clash:
+        hint = " (declare its default in `core_defaults`)" if set(clash) <= _OVERRIDABLE else ""
+        raise TypeError(f"{cls.name}: options {clash} are core keys of the section{hint}")
+    odd = sorted(set(getattr(cls, "core_defaults", {})) - _OVERRIDABLE)
+    if odd:
+        raise TypeError(f"{cls.name}: core_defaults may set {sorted(_OVERRIDABLE)}, not {odd}")
+    for key, spec in cls.option_specs().items():
+        try:
+            spec.coerce(spec.default)
+        except ValueError as exc:
+            raise TypeError(f"{cls.name}: the default of option {key!r} is not a value it takes ({exc})") from None
 
 
 _cached: Registry | None = None

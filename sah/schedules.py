@@ -12,12 +12,16 @@ latent's scale that the aligner needs; a scheduler of no known family is refused
 from __future__ import annotations
 
 import math
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from sah.errors import SahError
+from sah.lazy import lazy_import
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 VP, SIGMA, EDM, FLOW = "variance-preserving", "sigma", "edm", "flow"
 

@@ -18,22 +18,26 @@ import math
 import numbers
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any
 
 from sah.binder import Binder
 from sah.component import Component, Licence
 from sah.errors import SahError
 from sah.generator import GenerationRequest, Generator, Trajectory, fit_duration, predict_x0_from_scheduler
+from sah.lazy import lazy_import
 from sah.media import Audio, Media, Modality, Text, Video
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 __all__ = ["BINDER_CHECKS", "GENERATOR_CHECKS", "Report", "blob_video", "check_binder", "check_generator",
            "tone_audio"]
 
 GENERATOR_CHECKS = ("options", "weights", "licence", "prepare", "noise", "duration", "predict_x0", "decode")
-BINDER_CHECKS = ("options", "weights", "licence", "embed", "gradient", "video_frames")
+BINDER_CHECKS = ("options", "weights", "licence", "embed", "gradient", "video_frames", "release")
 
 
 @dataclass
@@ -99,11 +103,13 @@ def _skips(skip: Iterable[str], known: Sequence[str]) -> set[str]:
 
 
 def _check_options(component: Component, bad_options: Mapping[str, Any] | None, report: Report) -> None:
+    """The declared defaults are taken, and a bad value is refused with a SahError by the class
+    alone (`resolve_options`: the `Option`s, then `check_options`), so before anything loads."""
     cls, label = type(component), type(component).__name__
     try:
-        cls.check_options(dict(cls.options))
+        cls.resolve_options({})
     except SahError as exc:
-        _fail(f"{label}.check_options refuses its own declared defaults {cls.options}: {exc}")
+        _fail(f"{label} refuses its own declared defaults {cls.option_defaults()}: {exc}")
     if bad_options is None:
         report.skipped["options"] = "no bad_options example given: only the defaults were checked"
         return
@@ -111,14 +117,14 @@ def _check_options(component: Component, bad_options: Mapping[str, Any] | None, 
     if undeclared:
         raise ValueError(f"bad_options names options {cls.__name__} does not declare: {sorted(undeclared)}")
     try:
-        cls.check_options({**cls.options, **bad_options})
+        cls.resolve_options(dict(bad_options))
     except SahError:
         report.passed.append("options")
         return
     except Exception as exc:  # noqa: BLE001 - any other type is the failure being reported
-        _fail(f"{label}.check_options raised {type(exc).__name__}, not sah.errors.SahError, for {dict(bad_options)}")
-    _fail(f"{label}.check_options accepted the bad options {dict(bad_options)}: it must raise sah.errors.SahError "
-          "before anything loads")
+        _fail(f"{label} raised {type(exc).__name__}, not sah.errors.SahError, for the options {dict(bad_options)}")
+    _fail(f"{label} accepted the bad options {dict(bad_options)}: its Options or check_options must raise "
+          "sah.errors.SahError before anything loads")
 
 
 def _check_weights(component: Component, report: Report) -> None:
@@ -241,7 +247,7 @@ def _check_trajectory(generator: Generator, request: GenerationRequest, trajecto
     label = type(generator).__name__
     if not isinstance(trajectory, Trajectory):
         _fail(f"{label}.prepare must return a sah.Trajectory, got {type(trajectory).__name__}")
-    if not isinstance(trajectory.latents, Tensor) or trajectory.latents.shape[0] != request.batch_size:
+    if not isinstance(trajectory.latents, torch.Tensor) or trajectory.latents.shape[0] != request.batch_size:
         shape = getattr(trajectory.latents, "shape", None)
         _fail(f"{label}.prepare's latents must have one row per seed ({request.batch_size}), got shape {shape}")
     if len(trajectory.timesteps) < 1:
@@ -356,7 +362,7 @@ def check_binder(binder: Binder, media: Sequence[Media] | None = None, *,
             with torch.no_grad():
                 out = binder.embed(item)
             batch = item.batch_size if not isinstance(item, Text) else len(item.prompts)
-            if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != batch:
+            if not isinstance(out, torch.Tensor) or out.ndim != 2 or out.shape[0] != batch:
                 _fail(f"{label}.embed({type(item).__name__}) must return [B, D] with B = {batch}, got "
                       f"{getattr(out, 'shape', type(out).__name__)}")
             if not out.is_floating_point() or not bool(torch.isfinite(out).all()):
@@ -383,4 +389,26 @@ def check_binder(binder: Binder, media: Sequence[Media] | None = None, *,
             report.passed.append("video_frames")
         else:
             report.skipped["video_frames"] = f"{label} does not embed video"
+    if "release" not in skip:
+        _check_release(binder, items)
+        report.passed.append("release")
     return report
+
+
+def _check_release(binder: Binder, items: Sequence[Media]) -> None:
+    """After `release(keep)` every modality still embeds as before: what was kept, and what was
+    released (loaded again). Each modality is kept alone in turn."""
+    label = type(binder).__name__
+    with torch.no_grad():
+        before = [binder.embed(item) for item in items]
+        for keep in sorted({_modality_of(item) for item in items}, key=lambda m: m.value):
+            binder.release(frozenset({keep}))
+            for item, expected in zip(items, before):
+                again = binder.embed(item)
+                if not torch.allclose(again, expected, rtol=1e-4, atol=1e-5):
+                    _fail(f"{label}.embed({type(item).__name__}) changed after release(keep={{{keep.value}}}): "
+                          "a released modality must embed as before once loaded again")
+
+
+def _modality_of(item: Media) -> Modality:
+    return item.modality

@@ -57,9 +57,9 @@ BATCH_FOLDER = "batch"
 class OptionField:
     """One declared option of a plugin, as the form renders it.
 
-    `kind` follows the default's type: bool (a checkbox), int and float (number boxes), str (a
-    text box), choice (a dropdown: the plugin lists the values in `option_choices`) and toml (a
-    list or table, typed as a TOML value)."""
+    `kind` follows the option's `Option`: choice (a dropdown of its `choices`), bool (a checkbox),
+    int and float (number boxes), str (a text box; also an option that takes a word or a number,
+    such as `audio_clips`) and toml (a list or table, typed as a TOML value)."""
 
     section: str  # "audio", "video" or "binder"
     plugin: str
@@ -67,6 +67,7 @@ class OptionField:
     kind: str
     default: Any
     choices: tuple[Any, ...] = ()
+    help: str = ""
 
     @property
     def id(self) -> str:
@@ -78,28 +79,21 @@ class OptionField:
 
 
 def option_fields(cls: type, section: str) -> list[OptionField]:
-    """The form fields of a generator's or binder's declared `options`, rendered by the type of
-    each default. A plugin may list the values an option takes in a class attribute
-    `option_choices = {"scheduler": ["ddim", "dpm"]}`: that option becomes a dropdown."""
-    choices = getattr(cls, "option_choices", None) or {}
-    fields = []
-    for key, default in (getattr(cls, "options", None) or {}).items():
-        listed = tuple(choices.get(key) or ())
+    """The form fields of a generator's or binder's declared `options` (`sah.component.Option`s),
+    after the core keys it gives a default of its own (`core_defaults`: its `cfg_scale`), which
+    follow the chosen plugin as its options do."""
+    fields = [OptionField(section, cls.name, key, "int" if isinstance(value, int) else "float", value,
+                          help=f"this model's default is {value:g}")
+              for key, value in getattr(cls, "core_defaults", {}).items()]
+    for key, spec in cls.option_specs().items():
+        listed = spec.choices if spec.type is None else ()
         if listed:
             kind = "choice"
-            if default not in listed:
-                listed = (default, *listed)
-        elif isinstance(default, bool):
-            kind = "bool"
-        elif isinstance(default, int):
-            kind = "int"
-        elif isinstance(default, float):
-            kind = "float"
-        elif isinstance(default, str):
-            kind = "str"
+        elif spec.choices:
+            kind = "str"  # a word or a number
         else:
-            kind = "toml"
-        fields.append(OptionField(section, cls.name, key, kind, copy.deepcopy(default), listed))
+            kind = {bool: "bool", int: "int", float: "float", str: "str"}.get(spec.type, "toml")
+        fields.append(OptionField(section, cls.name, key, kind, copy.deepcopy(spec.default), listed, spec.help))
     return fields
 
 
@@ -762,17 +756,18 @@ def _elem_id(*parts: str) -> str:
 
 def _option_component(gr: Any, option: OptionField, value: Any) -> Any:
     label, elem_id = option.label, _elem_id("opt", option.section, option.plugin, option.key)
+    info = option.help or None
     if option.kind == "bool":
-        return gr.Checkbox(label=label, value=bool(value), elem_id=elem_id)
+        return gr.Checkbox(label=label, value=bool(value), elem_id=elem_id, info=info)
     if option.kind == "int":
         return gr.Number(label=label, value=value if _scalar_number(value) else None, precision=0, elem_id=elem_id,
-                         info=None if _scalar_number(value) else f"default {value!r}")
+                         info=info if _scalar_number(value) else f"default {value!r}")
     if option.kind == "float":
-        return gr.Number(label=label, value=value, elem_id=elem_id)
+        return gr.Number(label=label, value=value, elem_id=elem_id, info=info)
     if option.kind == "choice":
-        return gr.Dropdown(choices=list(option.choices), value=value, label=label, allow_custom_value=True,
-                           elem_id=elem_id)
-    info = "a TOML value, e.g. " + _toml_literal(option.default) if option.kind == "toml" else None
+        return gr.Dropdown(choices=list(option.choices), value=value, label=label, elem_id=elem_id, info=info)
+    if option.kind == "toml":
+        info = " ".join(filter(None, [option.help, "a TOML value, e.g. " + _toml_literal(option.default)]))
     return gr.Textbox(label=label, value=value, elem_id=elem_id, info=info)
 
 

@@ -109,6 +109,21 @@ def test_unguided_waveform_equals_audioldm_pipeline(tiny, scheduler, cfg_scale):
     torch.testing.assert_close(ours[:, 0], reference, rtol=1e-5, atol=1e-6)
 
 
+def test_a_request_without_cfg_scale_samples_as_the_pipeline_does_by_default(tiny):
+    """AudioLDM's guidance scale is a core key whose default the plugin sets (`core_defaults`): a
+    request that leaves it out gets AudioLDMPipeline's own default, as a pipeline call without
+    `guidance_scale` does; the option cannot be set at load and ignored."""
+    gen = AudioLDMGenerator(str(tiny), duration=DURATION)
+    ours = sample(gen, GenerationRequest(["a dog barks"], [5], num_steps=4))
+    pipe = AudioLDMPipeline.from_pretrained(tiny)
+    pipe.set_progress_bar_config(disable=True)
+    reference = pipe(["a dog barks"], audio_length_in_s=DURATION, num_inference_steps=4,
+                     generator=[torch.Generator().manual_seed(5)], output_type="pt").audios
+    torch.testing.assert_close(ours[:, 0], reference, rtol=1e-5, atol=1e-6)
+    with pytest.raises(TypeError, match="cfg_scale is set per run"):
+        AudioLDMGenerator(str(tiny), cfg_scale=2.0)
+
+
 @pytest.mark.parametrize("scheduler", [*SCHEDULERS, "DPMSolverMultistepScheduler"])
 def test_every_listed_scheduler_samples(tiny, scheduler):
     gen = AudioLDMGenerator(str(tiny), duration=0.05, scheduler=scheduler)
@@ -209,7 +224,7 @@ def test_one_loaded_model_serves_runs_of_any_length_like_the_pipeline(tiny, seco
 
 def test_bad_options_fail_before_loading(tmp_path):
     missing = str(tmp_path / "nowhere")
-    with pytest.raises(SahError, match="scheduler 'euler' is not supported"):
+    with pytest.raises(SahError, match="^audioldm option 'scheduler' must be one of \"ddim\", .*, got \"euler\"$"):
         AudioLDMGenerator(missing, scheduler="euler")
     with pytest.raises(SahError, match="duration must be positive"):
         AudioLDMGenerator(missing, duration=0.0)

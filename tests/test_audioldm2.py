@@ -421,14 +421,14 @@ def test_uncached_hub_id_offline_is_one_line_when_constructed(monkeypatch):
 
 def test_bad_options_fail_before_loading(tmp_path):
     missing = str(tmp_path / "nowhere")
-    with pytest.raises(SahError, match="audioldm2: scheduler 'edm' is not supported"):
+    with pytest.raises(SahError, match="^audioldm2 option 'scheduler' must be one of \"ddim\", .*, got \"edm\"$"):
         AudioLDM2Generator(missing, scheduler="edm")
     with pytest.raises(SahError, match="duration must be positive"):
         AudioLDM2Generator(missing, duration=0.0)
     with pytest.raises(SahError, match="does not exist"):
         AudioLDM2Generator(missing)
-    with pytest.raises(SahError, match="scheduler 'edm' is not supported"):  # sah.plan asks the class
-        AudioLDM2Generator.check_options({**AudioLDM2Generator.options, "scheduler": "edm"})
+    with pytest.raises(SahError, match="^audio.scheduler must be one of"):  # sah.plan asks the class
+        AudioLDM2Generator.resolve_options({"scheduler": "edm"}, label="audio.")
 
 
 def test_too_short_duration_and_too_few_pndm_steps_are_one_line(tiny):

@@ -406,8 +406,6 @@ def test_help_and_bad_input_answer_without_importing_torch(args, says):
     assert says in stderr
 
 
-@pytest.mark.xfail(strict=True, reason="the registry imports sah.binder/sah.generator and every plugin module, "
-                                       "which import torch at module level (files outside this one's owner)")
 @pytest.mark.parametrize("args", [["plugins"], ["config", "show"]])
 def test_plugins_and_config_show_without_importing_torch(args):
     heavy, stderr = _heavy_modules(*args)

@@ -499,7 +499,8 @@ def test_labels_and_model_names():
 
 def test_bad_pivot_options_fail_before_loading(tmp_path):
     cases = [({"model": "a,b,c"}, "CLIP_ID,CLAP_ID"), ({"labels": str(tmp_path / "nope.txt")}, "does not exist"),
-             ({"space": "audio"}, "binder.space"), ({"temperature": 0.0}, "binder.temperature"),
+             ({"space": "audio"}, "option 'space' must be one of \"both\", \"clap\", \"clip\", got \"audio\""),
+             ({"temperature": 0.0}, "binder.temperature"),
              ({"clap_template": "the sound of"}, "{label}"), ({"clip_template": "{label} {x}"}, "{label}")]
     for kwargs, message in cases:
         model = kwargs.pop("model", "/nonexistent-clip,/nonexistent-clap")  # loading would fail differently

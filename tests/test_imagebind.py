@@ -19,11 +19,12 @@ from safetensors.torch import load_file
 from sah.cli import cli
 from sah.errors import SahError
 from sah.io import read_image, read_video
-from sah.media import Audio, Image, Text, Video
+from sah.media import Audio, Image, Modality, Text, Video
 from sah.plugins.binders import imagebind as imagebind_plugin
 from sah.plugins.binders.imagebind import ImageBindBinder, load_towers, save_checkpoint, tokenizer
 from sah.plugins.binders.imagebind import preprocess as P
 from sah.plugins.binders.imagebind.model import TOWERS, ImageBindConfig, ImageBindModel, tower_prefixes
+from sah.testing import check_binder
 
 REFERENCE = IMAGEBIND_REFERENCE
 PART2 = REFERENCE / "part2"
@@ -153,7 +154,7 @@ def _union(ranges, n):
 @pytest.mark.parametrize("seconds", [0.5, 2.0, 3.3, 10.0])
 def test_default_audio_clips_cover_every_sample(mode, seconds):
     n = round(seconds * 16000)
-    options = ImageBindBinder.options
+    options = ImageBindBinder.option_defaults()
     ranges = P.audio_clip_ranges(n, options["audio_clips"], 16000, options["audio_clip_seconds"], mode)
     assert len(ranges) == max(1, math.ceil(seconds / 2))
     covered = _union(ranges, n)
@@ -385,31 +386,56 @@ def test_tokenizer_cases_and_shipped_vocabulary():
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"preprocess": "torchaudio"}, "preprocess must be one of sah, official"),
-    ({"audio_clips": 0}, 'audio_clips must be "auto" or a positive integer'),
-    ({"video_clips": "all"}, 'video_clips must be "auto" or a positive integer'),
-    ({"video_clips": True}, 'video_clips must be "auto" or a positive integer'),
-    ({"audio_clips": 2.5}, 'audio_clips must be "auto" or a positive integer'),
-    ({"video_clip_seconds": 0}, "video_clip_seconds must be a positive number"),
-    ({"video_clip_seconds": "1"}, "video_clip_seconds must be a positive number"),
-    ({"audio_clip_seconds": float("nan")}, "audio_clip_seconds must be a positive number"),
-    ({"audio_clip_seconds": 3.0}, "audio_clip_seconds must be between 0.025 and 2.055"),
-    ({"audio_clip_seconds": 0.01}, "audio_clip_seconds must be between 0.025 and 2.055"),
-    ({"video_crops": 2}, 'video_crops must be 1, 3 or "squash"'),
-    ({"video_crops": "stretch"}, 'video_crops must be 1, 3 or "squash"'),
+    ({"preprocess": "torchaudio"}, "option 'preprocess' must be one of \"sah\", \"official\", got \"torchaudio\""),
+    ({"audio_clips": 0}, "option 'audio_clips' must be \"auto\" or an integer >= 1, got 0"),
+    ({"video_clips": "all"}, "option 'video_clips' must be \"auto\" or an integer >= 1, got \"all\""),
+    ({"video_clips": True}, "option 'video_clips' must be \"auto\" or an integer >= 1, got true"),
+    ({"audio_clips": 2.5}, "option 'audio_clips' must be \"auto\" or an integer >= 1, got 2.5"),
+    ({"video_clip_seconds": 0}, "option 'video_clip_seconds' must be a number >= 0.001, got 0"),
+    ({"video_clip_seconds": "1"}, "option 'video_clip_seconds' must be a number >= 0.001, got \"1\""),
+    ({"audio_clip_seconds": float("nan")}, "option 'audio_clip_seconds' must be a number from 0.025 to 2.055, got nan"),
+    ({"audio_clip_seconds": 3.0}, "option 'audio_clip_seconds' must be a number from 0.025 to 2.055, got 3.0"),
+    ({"audio_clip_seconds": 0.01}, "option 'audio_clip_seconds' must be a number from 0.025 to 2.055, got 0.01"),
+    ({"video_crops": 2}, "option 'video_crops' must be one of 1, 3, \"squash\", got 2"),
+    ({"video_crops": "stretch"}, "option 'video_crops' must be one of 1, 3, \"squash\", got \"stretch\""),
 ])
 def test_options_are_checked_before_any_load(options, message):
-    with pytest.raises(SahError, match=message) as exc:
-        ImageBindBinder.check_options({**ImageBindBinder.options, **options})
-    assert "\n" not in str(exc.value)
-    with pytest.raises(SahError, match=message):  # before the (missing) checkpoint is looked for
+    with pytest.raises(SahError) as exc:
+        ImageBindBinder.resolve_options(options)
+    assert str(exc.value) == f"imagebind {message}"
+    with pytest.raises(SahError) as exc:  # a config key is named as the config names it
+        ImageBindBinder.resolve_options(options, label="binder.")
+    assert str(exc.value) == "binder." + message.removeprefix("option ").replace("'", "", 2)
+    with pytest.raises(SahError) as exc:  # before the (missing) checkpoint is looked for
         ImageBindBinder("/nonexistent/imagebind.pth", **options)
+    assert str(exc.value) == f"imagebind {message}"
 
 
 def test_option_values_that_are_accepted():
     for options in (AUTHORS_OPTIONS, {"audio_clips": 3, "video_clips": 5, "video_crops": 1},
                     {"audio_clip_seconds": 2.055, "video_clip_seconds": 0.5}):
-        ImageBindBinder.check_options({**ImageBindBinder.options, **options})
+        assert ImageBindBinder.resolve_options(options) == {**ImageBindBinder.option_defaults(), **options}
+
+
+def test_release_frees_the_towers_guidance_does_not_use_and_loads_them_again(random_checkpoint):
+    binder = ImageBindBinder(str(random_checkpoint))
+    report = check_binder(binder, skip=["licence"])  # every modality embeds as before after release
+    assert "release" in report.passed
+    torch.manual_seed(3)
+    audio, video = Audio(torch.rand(1, 1, 16000) - 0.5, 16000), Video(torch.rand(1, 8, 3, 48, 64), 4.0)
+    with torch.no_grad():
+        before = binder.embed(video), binder.embed(Text(["a dog"])), binder.embed(audio)
+        binder.release(frozenset({Modality.AUDIO}))  # a V2A run, once its video and prompt are embedded
+        assert set(binder._towers) == {"audio"}
+        binder.release(frozenset({Modality.IMAGE, Modality.VIDEO}))
+        assert set(binder._towers) == set()  # vision was not loaded again meanwhile
+        after = binder.embed(video), binder.embed(Text(["a dog"])), binder.embed(audio)
+    assert set(binder._towers) == {"vision", "text", "audio"}
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b)
+    kept = ImageBindBinder.from_model(ImageBindModel(TINY))  # no checkpoint to load from: nothing dropped
+    kept.release(frozenset())
+    assert set(kept._towers) == {"vision", "audio", "text"}
 
 
 def test_frame_subset_gives_the_same_embedding(random_checkpoint):
@@ -478,7 +504,7 @@ def test_pth_checkpoint_and_errors(tmp_path, random_checkpoint, monkeypatch):
         ImageBindBinder(str(evil))
     with pytest.raises(SahError, match="wrong file or config"):
         ImageBindBinder(str(random_checkpoint), config="huge").tower("audio")
-    with pytest.raises(SahError, match="preprocess must be"):
+    with pytest.raises(SahError, match="option 'preprocess' must be one of"):
         ImageBindBinder(str(random_checkpoint), preprocess="torchaudio")
 
 

@@ -9,7 +9,7 @@ import dummy_plugins as dp
 import pytest
 import torch
 
-from sah import Audio, Trajectory
+from sah import Audio, Modality, Trajectory, Video
 from sah.errors import SahError
 from sah.generator import GenerationRequest, predict_x0_from_scheduler
 from sah.plugins.binders.toy import ToyBinder
@@ -126,7 +126,7 @@ BROKEN_GENERATORS = [
     (NextStepX0, {}, "predict_x0 is not x̂0 at step"),
     (BatchNoise, {}, "initial noise depends on the batch"),
     (UnseededNoise, {}, "initial noise is not seeded"),
-    (AcceptsAnything, {"bad_options": {"brightness": -1.0}}, "check_options accepted the bad options"),
+    (AcceptsAnything, {"bad_options": {"brightness": -1.0}}, "AcceptsAnything accepted the bad options"),
     (BadWeights, {}, r"weights\(\) must return a list of \(ref, flag\) tuples"),
     (dp.DummyAudio, {}, "declares no licence"),
     (IgnoresDuration, {}, "does not honour request.duration"),
@@ -162,9 +162,21 @@ class FarFrames(dp.DummyBinder):
         return [0, num_frames]
 
 
+class ForgetfulBinder(dp.DummyBinder):
+    """Releases its video path for good: a later video embed is not what it was."""
+
+    def release(self, keep):
+        self.lost = Modality.VIDEO not in keep or getattr(self, "lost", False)
+
+    def embed(self, media):
+        out = super().embed(media)
+        return out * 0 if getattr(self, "lost", False) and isinstance(media, Video) else out
+
+
 @pytest.mark.parametrize(("cls", "message"), [(DetachedBinder, r"embed\(Audio\) is not differentiable"),
                                               (FlatBinder, r"must return \[B, D\]"),
-                                              (FarFrames, "picks indices outside")])
+                                              (FarFrames, "picks indices outside"),
+                                              (ForgetfulBinder, r"embed\(Video\) changed after release")])
 def test_checker_catches_broken_binder(cls, message):
     with pytest.raises(AssertionError, match=message):
         check_binder(cls(), skip=["licence"])

@@ -24,6 +24,7 @@ from media_helpers import blob_frames, write_mp4
 
 from sah import Modality, hookimpl
 from sah.cli import cli
+from sah.component import Option
 from sah.errors import SahError
 from sah.registry import load_registry
 
@@ -55,8 +56,9 @@ def have_gradio() -> bool:
 class UiTestAudio(DummyAudio):
     name = "ui-test-audio"
     description = "registered only inside test_ui"
-    options = {"loudness": 0.5, "taps": 3, "boost": False, "mode": "soft", "bands": [1, 2], "clips": "auto"}
-    option_choices = {"mode": ["soft", "hard"]}
+    options = {"loudness": 0.5, "taps": 3, "boost": False,
+               "mode": Option("soft", help="how the tone starts", choices=("soft", "hard")), "bands": [1, 2],
+               "clips": Option("auto", choices=("auto",), type=int, min=1)}
 
 
 class DeafBinder(DummyBinder):
@@ -88,7 +90,7 @@ def test_options_render_by_type_and_read_back_as_set_would():
     fields = {f.key: f for f in ui.option_fields(UiTestAudio, "audio")}
     assert {k: f.kind for k, f in fields.items()} == {
         "loudness": "float", "taps": "int", "boost": "bool", "mode": "choice", "bands": "toml", "clips": "str"}
-    assert fields["mode"].choices == ("soft", "hard")
+    assert fields["mode"].choices == ("soft", "hard") and fields["mode"].help == "how the tone starts"
     assert fields["loudness"].label == "audio.loudness" and fields["loudness"].default == 0.5
     assert ui.field_value(fields["taps"], 4.0) == 4 and ui.field_value(fields["taps"], None) == 3
     assert ui.field_value(fields["clips"], "4") == 4 and ui.field_value(fields["clips"], "auto") == "auto"
@@ -131,6 +133,7 @@ def test_the_page_renders_the_in_test_plugin(registry, tmp_path, monkeypatch):
     assert isinstance(demo.sah_options["audio:ui-test-audio:taps"], gr.Number)
     dropdown = demo.sah_options["audio:ui-test-audio:mode"]
     assert isinstance(dropdown, gr.Dropdown) and [c[1] for c in dropdown.choices] == ["soft", "hard"]
+    assert dropdown.info == "how the tone starts"  # the Option's help
     assert isinstance(demo.sah_options["audio:ui-test-audio:bands"], gr.Textbox)
     # its options show only while it is the chosen generator
     assert demo.sah_groups["audio"]["ui-test-audio"].visible is False
@@ -303,12 +306,13 @@ def test_stop_and_batch_in_process(tmp_path):
 
 PLUGIN = """
     from sah import hookimpl
+    from sah.component import Option
     from sah.plugins.generators.toy import ToyAudioGenerator
 
     class EntryPointAudio(ToyAudioGenerator):
         name = "ep-test-audio"
         description = "registered by an entry point only this test installs"
-        options = {"shimmer": 0.25, "label": "auto"}
+        options = {"shimmer": 0.25, "label": Option("auto", choices=("auto",), type=int)}
 
     @hookimpl
     def register_generators(register):

@@ -499,8 +499,9 @@ def test_missing_folders_give_one_line_errors(animatediff_dirs, tmp_path):
 
 @pytest.mark.parametrize("setting, message", [
     ("video.height=30", "video.height must be a positive multiple of 8, got 30"),
-    ("video.frames=0", "video.frames must be at least 1, got 0"),
-    ('video.scheduler="heun"', "video.scheduler must be one of ddim, ddpm, pndm, dpm, unipc, euler, euler-a"),
+    ("video.frames=0", "config key 'video.frames' must be an integer >= 1, got 0"),
+    ('video.scheduler="heun"', "config key 'video.scheduler' must be one of \"ddim\", \"ddpm\", \"pndm\", \"dpm\", "
+                               "\"unipc\", \"euler\", \"euler-a\", got 'heun'"),
 ])
 def test_bad_options_fail_before_loading(setting, message, tmp_path):
     clip = write_wav(tmp_path / "clip.wav", tone(750, 1.0, 16000), 16000)

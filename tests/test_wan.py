@@ -359,7 +359,9 @@ def _run_error(*args) -> str:
 @pytest.mark.parametrize("setting, message", [
     ("video.frames=16", "video.frames must be 4k + 1 (1, 5, …, 81)"),
     ("video.height=40", "video.height must be a positive multiple of 16, got 40"),
-    ('video.scheduler="ddim"', "video.scheduler must be one of auto, unipc, euler, dpm, got 'ddim'"),
+    ('video.scheduler="ddim"',
+     "config key 'video.scheduler' must be one of \"auto\", \"unipc\", \"euler\", \"dpm\", got 'ddim'"),
+    ("video.max_sequence_length=0", "config key 'video.max_sequence_length' must be an integer >= 1, got 0"),
 ])
 def test_bad_options_fail_before_loading(setting, message, tmp_path):
     clip = write_wav(tmp_path / "clip.wav", tone(750, 1.0, 16000), 16000)

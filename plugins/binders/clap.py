@@ -19,12 +19,7 @@ step, so the front end pins them:
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah.binder import Binder
 from sah.component import Licence
@@ -32,8 +27,19 @@ from sah.dsp import resample
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
+from sah.lazy import lazy_import
 from sah.media import Audio, Media, Modality, Text
 from sah.plugins.binders.clip import features, float32_or_wider
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+else:
+    np = lazy_import("numpy")
+    torch = lazy_import("torch")
+    F = lazy_import("torch.nn.functional")
 
 MEL_FLOOR = 1e-10
 
@@ -142,14 +148,14 @@ class ClapEncoder:
         out = features(self.model.get_audio_features(**self.model_inputs(waveform, sample_rate)))
         return F.normalize(float32_or_wider(out), dim=-1)
 
-    @torch.no_grad()
     def embed_text(self, prompts: list[str], batch_size: int = 64) -> Tensor:
-        rows = []
-        for i in range(0, len(prompts), batch_size):
-            tokens = self.tokenizer(prompts[i : i + batch_size], padding=True, truncation=True,
-                                    return_tensors="pt").to(self.device)
-            rows.append(float32_or_wider(features(self.model.get_text_features(**tokens))))
-        return F.normalize(torch.cat(rows), dim=-1)
+        with torch.no_grad():
+            rows = []
+            for i in range(0, len(prompts), batch_size):
+                tokens = self.tokenizer(prompts[i : i + batch_size], padding=True, truncation=True,
+                                        return_tensors="pt").to(self.device)
+                rows.append(float32_or_wider(features(self.model.get_text_features(**tokens))))
+            return F.normalize(torch.cat(rows), dim=-1)
 
 
 class ClapBinder(Binder):
@@ -163,8 +169,9 @@ class ClapBinder(Binder):
     options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
         super().__init__(model, device, dtype, **options)
+        dtype = self.dtype  # None: float32
         self.encoder = ClapEncoder(self.model, self.device, dtype)
 
     def embed(self, media: Media) -> Tensor:

@@ -14,18 +14,23 @@ embeddings are averaged.
 from __future__ import annotations
 
 import importlib.util
-from typing import Any, ClassVar
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah.binder import Binder, frames_at
-from sah.component import Licence
+from sah.component import Licence, Option
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
+from sah.lazy import lazy_import
 from sah.media import Image, Media, Modality, Text, Video
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
+    F = lazy_import("torch.nn.functional")
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -162,7 +167,7 @@ def float32_or_wider(tensor: Tensor) -> Tensor:
 def features(output: Any) -> Tensor:
     """The projected embedding of a `get_*_features` call: a tensor in transformers 4, the
     `pooler_output` of a model output in transformers 5."""
-    return output if isinstance(output, Tensor) else output.pooler_output
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
 class ClipEncoder:
@@ -187,11 +192,11 @@ class ClipEncoder:
         per_frame = self.embed_pixels(frames.reshape(b * f, *frames.shape[2:])).reshape(b, f, -1)
         return F.normalize(per_frame.mean(dim=1), dim=-1)
 
-    @torch.no_grad()
     def embed_text(self, prompts: list[str], batch_size: int = 64) -> Tensor:
-        rows = [float32_or_wider(self._backend.text_features(prompts[i : i + batch_size]))
-                for i in range(0, len(prompts), batch_size)]
-        return F.normalize(torch.cat(rows), dim=-1)
+        with torch.no_grad():
+            rows = [float32_or_wider(self._backend.text_features(prompts[i : i + batch_size]))
+                    for i in range(0, len(prompts), batch_size)]
+            return F.normalize(torch.cat(rows), dim=-1)
 
 
 class _TransformersClipBackend:
@@ -261,13 +266,12 @@ class ClipBinder(Binder):
     modalities: ClassVar[frozenset[Modality]] = frozenset({Modality.IMAGE, Modality.VIDEO, Modality.TEXT})
     description: ClassVar[str] = "CLIP (transformers CLIPModel): images and video frames ↔ text"
     default_model: ClassVar[str | None] = "openai/clip-vit-large-patch14"
-    options: ClassVar[dict[str, Any]] = {"frames": 8}
+    options: ClassVar[dict[str, Any]] = {"frames": Option(8, help="frames of a video it embeds, evenly spaced", min=1)}
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
         super().__init__(model, device, dtype, **options)
-        if int(self.config["frames"]) < 1:
-            raise SahError(f"binder.frames must be at least 1, got {self.config['frames']}")
+        dtype = self.dtype  # None: float32
         self.encoder = ClipEncoder(self.model, self.device, dtype)
 
     def video_frames(self, num_frames: int, fps: float) -> list[int]:

@@ -30,19 +30,24 @@ from __future__ import annotations
 import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, ClassVar
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah.binder import Binder
-from sah.component import Licence
+from sah.component import Licence, Option
 from sah.errors import SahError
 from sah.hookspecs import hookimpl
+from sah.lazy import lazy_import
 from sah.media import Audio, Media, Modality, Text
 from sah.plugins.binders.clap import ClapEncoder
 from sah.plugins.binders.clip import ClipEncoder, evenly_spaced, sampled_frames
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
+    F = lazy_import("torch.nn.functional")
 
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
 DEFAULT_CLAP = "laion/clap-htsat-unfused"
@@ -101,15 +106,15 @@ class ClipClapBinder(Binder):
     description: ClassVar[str] = "CLIP for pictures + CLAP for sound, bridged by a label vocabulary (text pivot)"
     default_model: ClassVar[str | None] = f"{DEFAULT_CLIP},{DEFAULT_CLAP}"
     options: ClassVar[dict[str, Any]] = {
-        "clip_model": "",
-        "clap_model": "",
-        "labels": "",
-        "temperature": 0.01,
-        "top_k": 5,
-        "space": "both",
-        "frames": 8,
-        "clip_template": "a photo of {label}.",
-        "clap_template": "This is a sound of {label}.",
+        "clip_model": Option("", help='the CLIP hub id or folder ("": the default)'),
+        "clap_model": Option("", help='the CLAP hub id or folder ("": the default)'),
+        "labels": Option("", help='a text file of labels, one a line ("": the AudioSet sound labels shipped)'),
+        "temperature": Option(0.01, help="softmax temperature over the labels' similarities", min=0.0),
+        "top_k": Option(5, help="labels an embedding is spread over (0: all)", min=0),
+        "space": Option("both", help="which label space the embeddings are compared in", choices=SPACES),
+        "frames": Option(8, help="frames of a video it embeds, evenly spaced", min=1),
+        "clip_template": Option("a photo of {label}.", help="the prompt a label becomes for CLIP"),
+        "clap_template": Option("This is a sound of {label}.", help="the prompt a label becomes for CLAP"),
     }
 
     @classmethod
@@ -117,24 +122,24 @@ class ClipClapBinder(Binder):
         clip, clap = split_models(model, options.get("clip_model", ""), options.get("clap_model", ""))
         return [(clip, None), (clap, None)]
 
-    def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
-        clip_id, clap_id = split_models(model, options.get("clip_model", ""), options.get("clap_model", ""))
-        super().__init__(f"{clip_id},{clap_id}", device, dtype, **options)
-        cfg = self.config
-        if cfg["space"] not in SPACES:
-            raise SahError(f"binder.space must be one of {', '.join(SPACES)}, got {cfg['space']!r}")
-        if not (math.isfinite(cfg["temperature"]) and cfg["temperature"] > 0):
-            raise SahError(f"binder.temperature must be a positive number, got {cfg['temperature']}")
-        if cfg["top_k"] < 0 or cfg["frames"] < 1:
-            raise SahError("binder.top_k must be >= 0 (0: all labels) and binder.frames >= 1")
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        if not options["temperature"] > 0:
+            raise SahError(f"binder.temperature must be a positive number, got {options['temperature']}")
         for key in ("clip_template", "clap_template"):
             try:
-                ok = "{label}" in cfg[key] and bool(cfg[key].format(label="x"))
+                ok = "{label}" in options[key] and bool(options[key].format(label="x"))
             except (KeyError, IndexError, ValueError):
                 ok = False
             if not ok:
-                raise SahError(f"binder.{key} must contain {{label}} and no other {{...}} fields, got {cfg[key]!r}")
+                raise SahError(f"binder.{key} must contain {{label}} and no other {{...}} fields, got {options[key]!r}")
+
+    def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
+        clip_id, clap_id = split_models(model, options.get("clip_model", ""), options.get("clap_model", ""))
+        super().__init__(f"{clip_id},{clap_id}", device, dtype, **options)
+        dtype = self.dtype  # None: float32
+        cfg = self.config
         self.labels = read_labels(cfg["labels"])  # checked before the (slow) model loads
         self.alpha = SPACES[cfg["space"]]
         self.clip_id, self.clap_id = clip_id, clap_id

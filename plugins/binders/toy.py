@@ -7,18 +7,22 @@ differentiably (resample, crop, resize, frame sampling), so gradients reach the 
 from __future__ import annotations
 
 import warnings
-from typing import Any, ClassVar
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah.binder import Binder, frames_at
 from sah.component import Licence
 from sah.hookspecs import hookimpl
+from sah.lazy import lazy_import
 from sah.media import Audio, Image, Media, Modality, Text, Video
 from sah.plugins.toy import world
-from sah.plugins.toy.nets import load_world
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
+    F = lazy_import("torch.nn.functional")
 
 
 def resample_window(waveform: Tensor, sample_rate: int, seconds: float = world.DURATION,
@@ -63,7 +67,9 @@ class ToyBinder(Binder):
     options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
+        from sah.plugins.toy.nets import load_world  # torch modules: imported when the weights load
+
         super().__init__(model, device, dtype, **options)
         self.net = load_world(self.model, device=self.device).binder
 

@@ -9,14 +9,13 @@ guidance off the frames equal theirs.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import inspect
 from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-import torch
-from torch import Tensor, nn
-
+from sah.component import Option
 from sah.errors import SahError
 from sah.generator import (
     GenerationRequest,
@@ -27,7 +26,15 @@ from sah.generator import (
     seeded_noise,
 )
 from sah.hub import load_pretrained
+from sah.lazy import lazy_import
 from sah.media import Modality, Video
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+else:
+    torch = lazy_import("torch")
+    nn = lazy_import("torch.nn")
 
 # diffusers and transformers are imported on use (loading, building a scheduler): every `sah`
 # command registers these plugins, and `sah plugins` or a run with another generator must not pay for them.
@@ -50,18 +57,22 @@ _SCHEDULER_SETTINGS: dict[str, dict[str, Any]] = {"pndm": {"skip_prk_steps": Tru
 
 MODEL_FLAG = "--video-model"
 
-#: Options both generators take (a subclass overrides the defaults that differ).
-COMMON_OPTIONS: dict[str, Any] = {
-    "frames": 16,
-    "height": 512,
-    "width": 512,
-    "fps": 8.0,
-    "cfg_scale": 7.5,
-    "scheduler": "ddim",
-    "variant": "",
-    "cpu_offload": False,
-    "vae_slicing": True,
+#: Options both generators take (a subclass overrides the defaults that differ, `with_default`).
+COMMON_OPTIONS: dict[str, Option] = {
+    "frames": Option(16, help="frames when the run does not say (A2V: as many as the audio lasts)", min=1),
+    "height": Option(512, help="pixels, a multiple of 8", min=8),
+    "width": Option(512, help="pixels, a multiple of 8", min=8),
+    "fps": Option(8.0, help="frames per second of the output", min=0.0),
+    "scheduler": Option("ddim", help="the sampler", choices=tuple(SCHEDULERS)),
+    "variant": Option("", help='the weights\' variant on the hub, e.g. "fp16" ("": the default files)'),
+    "cpu_offload": Option(False, help="keep only the model in use on the accelerator"),
+    "vae_slicing": Option(True, help="decode one frame at a time through the VAE (less memory)"),
 }
+
+
+def with_default(option: Option, default: Any) -> Option:
+    """`option` with another default (a model whose native size differs)."""
+    return dataclasses.replace(option, default=default)
 
 
 def scheduler_class(name: str) -> type:
@@ -129,16 +140,18 @@ class DiffusersVideoGenerator(Generator):
     #: latents [B, C, frames, h, w]: a long run's windows are slices of one latent along the frames
     time_axis: ClassVar[int | None] = 2
     options: ClassVar[dict[str, Any]] = COMMON_OPTIONS
+    core_defaults: ClassVar[dict[str, Any]] = {"cfg_scale": 7.5}  # AnimateDiffPipeline's default guidance scale
     #: Sampling settings the model family needs on top of the checkpoint's scheduler config.
     scheduler_overrides: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
         # imported here, not at module level: registering the plugins must not pay for diffusers/transformers
         from diffusers import AutoencoderKL, DDIMScheduler
         from transformers import CLIPTextModel, CLIPTokenizer
 
         super().__init__(model, device, dtype, **options)
+        dtype = self.dtype  # None: float32
         extra = {"variant": self.config["variant"]} if self.config["variant"] else {}
         load = functools.partial(load_pretrained, flag=MODEL_FLAG, what="video model")
         self.tokenizer = load(CLIPTokenizer.from_pretrained, self.model, subfolder="tokenizer")
@@ -164,15 +177,11 @@ class DiffusersVideoGenerator(Generator):
     def check_options(cls, options: dict[str, Any]) -> None:
         c = options
         problems = []
-        if not (isinstance(c["frames"], int) and c["frames"] >= 1):
-            problems.append(f"video.frames must be at least 1, got {c['frames']}")
         for key in ("height", "width"):
             if not (isinstance(c[key], int) and c[key] > 0 and c[key] % 8 == 0):
                 problems.append(f"video.{key} must be a positive multiple of 8, got {c[key]}")
         if not c["fps"] > 0:
             problems.append(f"video.fps must be positive, got {c['fps']}")
-        if c["scheduler"] not in SCHEDULERS:
-            problems.append(f"video.scheduler must be one of {', '.join(SCHEDULERS)}, got {c['scheduler']!r}")
         if problems:
             raise SahError(f"{cls.name}: {problems[0]}")
 
@@ -205,7 +214,7 @@ class DiffusersVideoGenerator(Generator):
         shape = self._latent_shape(request.duration)
         latents = seeded_noise(shape, request.seeds, device=self.device, dtype=self.dtype) * scheduler.init_noise_sigma
         state: dict[str, Any] = {"scheduler": scheduler, "uncond_embeds": uncond,
-                                 "cfg_scale": float(request.cfg_scale)}
+                                 "cfg_scale": float(self.cfg_scale(request))}
         if self._step_takes_generator:
             # A stochastic scheduler draws its step noise from each sample's own generator, carried
             # on past the initial noise, as diffusers does with a list of generators.

@@ -11,15 +11,19 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from torch import Tensor, nn
-
-from sah.component import Licence
+from sah.component import Licence, Option
 from sah.errors import SahError, first_line
 from sah.hookspecs import hookimpl
 from sah.hub import load_pretrained
+from sah.lazy import lazy_import
 from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+else:
+    nn = lazy_import("torch.nn")
 
 DEFAULT_MOTION_ADAPTER = "guoyww/animatediff-motion-adapter-v1-5-2"
 
@@ -32,7 +36,10 @@ class AnimateDiffGenerator(DiffusersVideoGenerator):
                                                 "(not checked)", False)
     description: ClassVar[str] = "AnimateDiff (SD 1.5 + motion adapter), 16 frames of 512×512 at 8 fps (diffusers)"
     default_model: ClassVar[str | None] = "stable-diffusion-v1-5/stable-diffusion-v1-5"
-    options: ClassVar[dict[str, Any]] = {**COMMON_OPTIONS, "motion_adapter": DEFAULT_MOTION_ADAPTER}
+    options: ClassVar[dict[str, Any]] = {
+        **COMMON_OPTIONS,
+        "motion_adapter": Option(DEFAULT_MOTION_ADAPTER, help="the motion adapter's hub id or folder (\"\": none, "
+                                                              "for a saved AnimateDiff pipeline)")}
     # The sampler settings diffusers documents for AnimateDiff (the motion modules were trained with
     # a linear β schedule, not SD's scaled-linear one).
     scheduler_overrides: ClassVar[dict[str, Any]] = {

@@ -12,15 +12,10 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
-
-import torch
-import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah import schedules
-from sah.component import Licence
+from sah.component import Licence, Option
 from sah.errors import SahError
 from sah.generator import (
     GenerationRequest,
@@ -32,7 +27,18 @@ from sah.generator import (
 )
 from sah.hookspecs import hookimpl
 from sah.hub import diffusers_load_kwargs, load_pretrained
+from sah.lazy import lazy_import
 from sah.media import Audio, Modality
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    import torch.utils.checkpoint as torch_checkpoint
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
+    F = lazy_import("torch.nn.functional")
+    torch_checkpoint = lazy_import("torch.utils.checkpoint")
 
 # diffusers and transformers are imported on use (loading, scheduler lookup): every `sah` command
 # registers this plugin, and `sah plugins` or a run with another generator must not pay for them.
@@ -81,15 +87,17 @@ class AudioLDMGenerator(Generator):
     modality: ClassVar[Modality] = Modality.AUDIO
     description: ClassVar[str] = "AudioLDM text-to-audio (diffusers components), 16 kHz mono"
     default_model: ClassVar[str | None] = "cvssp/audioldm-s-full-v2"
+    core_defaults: ClassVar[dict[str, Any]] = {"cfg_scale": 2.5}  # AudioLDMPipeline's default guidance scale
     options: ClassVar[dict[str, Any]] = {
-        "cfg_scale": 2.5,       # AudioLDMPipeline's default guidance scale
-        "duration": 5.0,        # seconds of audio when the run does not say (V2A: the video's length)
-        # the binder sees the vocoder's whole output during guidance (S·hop + 32 samples for the
-        # released vocoder), as the authors' V2A code does, not the run's length
-        "guide_whole_waveform": False,
-        "scheduler": "ddim",    # a key of SCHEDULERS or a diffusers class name listed there
-        "cpu_offload": False,   # keep only the model in use on the accelerator
-        "decode_chunk": 0.0,    # seconds decoded at a time by VAE + vocoder (0 = all at once)
+        "duration": Option(5.0, help="seconds of audio when the run does not say (V2A: the video's length)",
+                           min=0.0),
+        # S·hop + 32 samples for the released vocoder, as the authors' V2A code embeds them
+        "guide_whole_waveform": Option(False, help="during guidance the binder sees the vocoder's whole output, "
+                                                   "not the run's length (the Seeing-and-Hearing authors' code)"),
+        "scheduler": Option("ddim", help="the sampler (a short name or its diffusers class name)",
+                            choices=(*SCHEDULERS, *SCHEDULERS.values())),
+        "cpu_offload": Option(False, help="keep only the model in use on the accelerator"),
+        "decode_chunk": Option(0.0, help="seconds decoded at a time by VAE + vocoder (0: all at once)", min=0.0),
     }
     #: the CLAP embedding is a tensor the UNet's class embedding is differentiable in
     supports_prompt_tuning: ClassVar[bool] = True
@@ -102,20 +110,17 @@ class AudioLDMGenerator(Generator):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         # Everything a user can get wrong is checked before any weights are read.
-        if not float(options["duration"]) > 0:
+        if not options["duration"] > 0:
             raise SahError(f"audioldm: audio.duration must be positive seconds, got {options['duration']}")
-        if float(options["decode_chunk"]) < 0:
-            raise SahError(f"audioldm: audio.decode_chunk must be >= 0 seconds, got {options['decode_chunk']}")
-        # the name only: no diffusers import before loading
-        schedules.scheduler_class_name(str(options["scheduler"]), SCHEDULERS, "audioldm")
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
         # imported here, not at module level: registering the plugin must not pay for diffusers/transformers
         from diffusers import AutoencoderKL, UNet2DConditionModel
         from transformers import AutoTokenizer, ClapTextModelWithProjection, SpeechT5HifiGan
 
         super().__init__(model, device, dtype, **options)
+        dtype = self.dtype  # None: float32
         self.duration = float(self.config["duration"])
         self.guide_whole_decode = bool(self.config["guide_whole_waveform"])
         self.scheduler_cls = schedules.scheduler_class(str(self.config["scheduler"]), SCHEDULERS, "audioldm")
@@ -186,7 +191,7 @@ class AudioLDMGenerator(Generator):
 
     def prepare(self, request: GenerationRequest) -> Trajectory:
         cond = self.encode_prompts(request.prompts)
-        use_cfg = request.cfg_scale > 1.0  # the pipeline's rule: scale 1 or below means one branch
+        use_cfg = self.cfg_scale(request) > 1.0  # the pipeline's rule: scale 1 or below means one branch
         uncond = self.encode_prompts([request.negative_prompt] * request.batch_size) if use_cfg else None
         scheduler = self.scheduler_cls.from_config(self.scheduler_config)
         try:
@@ -205,7 +210,7 @@ class AudioLDMGenerator(Generator):
             # its initial noise as the pipeline's per-sample generators do.
             generators = seeded_generators(request.seeds, after=shape)
             step_kwargs["generator"] = generators
-        state = {"scheduler": scheduler, "uncond_embeds": uncond, "cfg_scale": float(request.cfg_scale),
+        state = {"scheduler": scheduler, "uncond_embeds": uncond, "cfg_scale": float(self.cfg_scale(request)),
                  "step_kwargs": step_kwargs}
         return Trajectory(latents, scheduler.timesteps.clone(), cond, state, duration=duration)
 
@@ -268,7 +273,7 @@ class AudioLDMGenerator(Generator):
         lo, hi = max(0, start - self.chunk_context), min(z.shape[2], stop + self.chunk_context)
         part = z[:, :, lo:hi]
         if torch.is_grad_enabled() and part.requires_grad:
-            wave = checkpoint(self._latents_to_waveform, part, use_reentrant=False)
+            wave = torch_checkpoint.checkpoint(self._latents_to_waveform, part, use_reentrant=False)
         else:
             wave = self._latents_to_waveform(part)
         per_frame = wave.shape[-1] // (hi - lo)

@@ -16,13 +16,10 @@ from __future__ import annotations
 import inspect
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah import schedules
-from sah.component import Licence
+from sah.component import Licence, Option
 from sah.errors import SahError
 from sah.generator import (
     GenerationRequest,
@@ -34,9 +31,16 @@ from sah.generator import (
 )
 from sah.hookspecs import hookimpl
 from sah.hub import diffusers_load_kwargs, load_pretrained
+from sah.lazy import lazy_import
 from sah.media import Audio, Modality
 from sah.plugins.generators.audioldm import SCHEDULERS as AUDIOLDM_SCHEDULERS
 from sah.plugins.generators.audioldm import mel_latent_shape
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 # diffusers and transformers are imported on use (loading, scheduler lookup): every `sah` command
 # registers this plugin, and `sah plugins` or a run with another generator must not pay for them.
@@ -69,14 +73,15 @@ class AudioLDM2Generator(Generator):
     modality: ClassVar[Modality] = Modality.AUDIO
     description: ClassVar[str] = "AudioLDM 2 text-to-audio (CLAP + Flan-T5 → GPT-2; diffusers components), 16 kHz mono"
     default_model: ClassVar[str | None] = "cvssp/audioldm2"
+    core_defaults: ClassVar[dict[str, Any]] = {"cfg_scale": 3.5}  # AudioLDM2Pipeline's default guidance scale
     options: ClassVar[dict[str, Any]] = {
-        "cfg_scale": 3.5,       # AudioLDM2Pipeline's default guidance scale
-        "duration": 10.0,       # seconds of audio when the run does not say (V2A: the video's length)
-        # the binder sees the vocoder's whole output during guidance (the latent rounded up to whole
-        # frames), not the run's length
-        "guide_whole_waveform": False,
-        "scheduler": "ddim",    # a key of SCHEDULERS or a diffusers class name listed there
-        "cpu_offload": False,   # keep only the models in use on the accelerator
+        "duration": Option(10.0, help="seconds of audio when the run does not say (V2A: the video's length)",
+                           min=0.0),
+        "guide_whole_waveform": Option(False, help="during guidance the binder sees the vocoder's whole output "
+                                                   "(the latent rounded up to whole frames), not the run's length"),
+        "scheduler": Option("ddim", help="the sampler (a short name or its diffusers class name)",
+                            choices=(*SCHEDULERS, *SCHEDULERS.values())),
+        "cpu_offload": Option(False, help="keep only the models in use on the accelerator"),
     }
     #: the GPT-2 states and the T5 sequence are tensors the UNet is differentiable in
     supports_prompt_tuning: ClassVar[bool] = True
@@ -90,10 +95,8 @@ class AudioLDM2Generator(Generator):
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
         # Everything a user can get wrong is checked before any weights are read.
-        if not float(options["duration"]) > 0:
+        if not options["duration"] > 0:
             raise SahError(f"audioldm2: audio.duration must be positive seconds, got {options['duration']}")
-        # the name only: no diffusers import before loading
-        schedules.scheduler_class_name(str(options["scheduler"]), SCHEDULERS, "audioldm2")
 
     @classmethod
     def weights(cls, model: str | None, options: dict[str, Any]) -> list[tuple[str, str | None]]:
@@ -103,12 +106,13 @@ class AudioLDM2Generator(Generator):
         return [(name, None)] if name else []
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
         # imported here, not at module level: registering the plugin must not pay for diffusers/transformers
         from diffusers import AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel, AutoencoderKL
         from transformers import AutoConfig, AutoTokenizer, ClapModel, GPT2Model, SpeechT5HifiGan, T5EncoderModel
 
         super().__init__(model, device, dtype, **options)
+        dtype = self.dtype  # None: float32
         self.duration = float(self.config["duration"])
         self.guide_whole_decode = bool(self.config["guide_whole_waveform"])
         self.scheduler_cls = schedules.scheduler_class(str(self.config["scheduler"]), SCHEDULERS, "audioldm2")
@@ -222,7 +226,7 @@ class AudioLDM2Generator(Generator):
 
     def prepare(self, request: GenerationRequest) -> Trajectory:
         cond = self.encode_prompts(request.prompts)
-        use_cfg = request.cfg_scale > 1.0  # the pipeline's rule: scale 1 or below means one branch
+        use_cfg = self.cfg_scale(request) > 1.0  # the pipeline's rule: scale 1 or below means one branch
         uncond = None
         if use_cfg:
             uncond = self.encode_prompts([request.negative_prompt] * request.batch_size,
@@ -243,7 +247,7 @@ class AudioLDM2Generator(Generator):
             # Stochastic samplers (DDPM, Euler ancestral) draw step noise from each sample's own
             # seed, continuing past its initial noise as the pipeline's per-sample generators do.
             step_kwargs["generator"] = seeded_generators(request.seeds, after=shape)
-        state = {"scheduler": scheduler, "uncond_embeds": uncond, "cfg_scale": float(request.cfg_scale),
+        state = {"scheduler": scheduler, "uncond_embeds": uncond, "cfg_scale": float(self.cfg_scale(request)),
                  "step_kwargs": step_kwargs}
         return Trajectory(latents, scheduler.timesteps.clone(), cond, state, duration=duration)
 

@@ -7,13 +7,17 @@ and `scheduler/`, the layout diffusers' `TextToVideoSDPipeline` saves.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar
-
-from torch import nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah.component import Licence
 from sah.hookspecs import hookimpl
-from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator
+from sah.lazy import lazy_import
+from sah.plugins.generators._video_common import COMMON_OPTIONS, DiffusersVideoGenerator, with_default
+
+if TYPE_CHECKING:
+    from torch import nn
+else:
+    nn = lazy_import("torch.nn")
 
 
 class ModelScopeGenerator(DiffusersVideoGenerator):
@@ -24,7 +28,9 @@ class ModelScopeGenerator(DiffusersVideoGenerator):
     description: ClassVar[str] = "ModelScope text-to-video 1.7B, 16 frames of 256×256 at 8 fps (diffusers)"
     default_model: ClassVar[str | None] = "damo-vilab/text-to-video-ms-1.7b"
     # 256×256 is the resolution it was trained at; 9.0 is TextToVideoSDPipeline's default guidance.
-    options: ClassVar[dict[str, Any]] = {**COMMON_OPTIONS, "height": 256, "width": 256, "cfg_scale": 9.0}
+    options: ClassVar[dict[str, Any]] = {**COMMON_OPTIONS, "height": with_default(COMMON_OPTIONS["height"], 256),
+                                          "width": with_default(COMMON_OPTIONS["width"], 256)}
+    core_defaults: ClassVar[dict[str, Any]] = {"cfg_scale": 9.0}  # TextToVideoSDPipeline's default
 
     def _load_unet(self, load: Callable[..., Any], **extra: Any) -> nn.Module:
         # imported on use: `sah plugins` and runs with other generators must not pay for diffusers

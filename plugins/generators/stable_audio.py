@@ -21,13 +21,10 @@ import inspect
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah import schedules
-from sah.component import Licence
+from sah.component import Licence, Option
 from sah.errors import SahError
 from sah.generator import (
     GenerationRequest,
@@ -39,7 +36,14 @@ from sah.generator import (
 )
 from sah.hookspecs import hookimpl
 from sah.hub import diffusers_load_kwargs, load_pretrained
+from sah.lazy import lazy_import
 from sah.media import Audio, Modality
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
 
 # diffusers and transformers are imported on use (loading): every `sah` command registers this
 # plugin, and `sah plugins` or a run with another generator must not pay for them.
@@ -55,13 +59,14 @@ class StableAudioGenerator(Generator):
     modality: ClassVar[Modality] = Modality.AUDIO
     description: ClassVar[str] = "Stable Audio Open text-to-audio (diffusers components), 44.1 kHz stereo, up to 47 s"
     default_model: ClassVar[str | None] = "stabilityai/stable-audio-open-1.0"
+    core_defaults: ClassVar[dict[str, Any]] = {"cfg_scale": 7.0}  # StableAudioPipeline's default guidance scale
     options: ClassVar[dict[str, Any]] = {
-        "cfg_scale": 7.0,       # StableAudioPipeline's default guidance scale
-        "duration": 10.0,       # seconds (seconds_total) when the run does not say (V2A: the video's length)
-        # latent frames decoded past the run's length; -1 decodes the whole latent as the pipeline does.
+        "duration": Option(10.0, help="seconds (seconds_total) when the run does not say (V2A: the video's "
+                                      "length)", min=0.0),
         # The Oobleck decoder is convolutional: with a margin at least its reach (10 frames for the
         # released architecture, tests/test_stable_audio.py) the run's seconds decode the same.
-        "decode_margin": -1,
+        "decode_margin": Option(-1, help="latent frames decoded past the run's length (-1: the whole latent, as "
+                                         "the pipeline decodes it)", min=-1),
     }
     #: the projected T5 embedding is a tensor the DiT's cross-attention is differentiable in
     supports_prompt_tuning: ClassVar[bool] = True
@@ -83,23 +88,18 @@ class StableAudioGenerator(Generator):
     def check_options(cls, options: dict[str, Any]) -> None:
         # Everything a user can get wrong is checked before any weights are read; the longest
         # length depends on the model and is checked from its config, before its weights load.
-        if not float(options["duration"]) > 0:
+        if not options["duration"] > 0:
             raise SahError(f"stable-audio: audio.duration must be positive seconds, got {options['duration']}")
-        if not float(options["cfg_scale"]) >= 0:
-            raise SahError(f"stable-audio: audio.cfg_scale must be >= 0, got {options['cfg_scale']}")
-        margin = options["decode_margin"]
-        if isinstance(margin, bool) or not isinstance(margin, int) or margin < -1:
-            raise SahError(f"stable-audio: audio.decode_margin must be a whole number of latent frames >= 0, "
-                           f"or -1 for the whole latent, got {margin!r}")
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
         # imported here, not at module level: registering the plugin must not pay for diffusers/transformers
         import diffusers
         from diffusers import AutoencoderOobleck, StableAudioDiTModel, StableAudioProjectionModel
         from transformers import AutoTokenizer, T5EncoderModel
 
         super().__init__(model, device, dtype, **options)
+        dtype = self.dtype  # None: float32
         self.duration = float(self.config["duration"])
         self.decode_margin = int(self.config["decode_margin"])
 
@@ -155,31 +155,31 @@ class StableAudioGenerator(Generator):
         ids, mask = tokens.input_ids.to(self.device), tokens.attention_mask.to(self.device)
         return self.text_encoder(ids, attention_mask=mask)[0], mask
 
-    @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str], negative: Sequence[str] | None) -> tuple[Tensor, Tensor | None,
                                                                                              Tensor, Tensor | None]:
         """Projected T5 states `[B, T, D]` of the prompts (and of the negative prompts, or None), with
         their attention masks; padding positions are zero, as the pipeline leaves them."""
-        hidden, mask = self._t5(prompts)
-        neg_hidden = neg_mask = None
-        if negative is not None:
-            neg_hidden, neg_mask = self._t5(negative)
-            # the pipeline sets the negative prompt's padding to the null embedding before projecting
-            neg_hidden = torch.where(neg_mask.to(torch.bool).unsqueeze(2), neg_hidden, 0.0)
-            hidden, mask = torch.cat([neg_hidden, hidden]), torch.cat([neg_mask, mask])
-        projected = self.projection(text_hidden_states=hidden).text_hidden_states
-        projected = projected * mask.unsqueeze(-1).to(projected.dtype)
-        if negative is None:
-            return projected, None, mask, None
-        b = len(prompts)
-        return projected[b:], projected[:b], mask[b:], mask[:b]
+        with torch.no_grad():
+            hidden, mask = self._t5(prompts)
+            neg_hidden = neg_mask = None
+            if negative is not None:
+                neg_hidden, neg_mask = self._t5(negative)
+                # the pipeline sets the negative prompt's padding to the null embedding before projecting
+                neg_hidden = torch.where(neg_mask.to(torch.bool).unsqueeze(2), neg_hidden, 0.0)
+                hidden, mask = torch.cat([neg_hidden, hidden]), torch.cat([neg_mask, mask])
+            projected = self.projection(text_hidden_states=hidden).text_hidden_states
+            projected = projected * mask.unsqueeze(-1).to(projected.dtype)
+            if negative is None:
+                return projected, None, mask, None
+            b = len(prompts)
+            return projected[b:], projected[:b], mask[b:], mask[:b]
 
-    @torch.no_grad()
     def encode_seconds(self, seconds: float, batch_size: int) -> tuple[Tensor, Tensor]:
         """The `seconds_start` (0) and `seconds_total` embeddings `[B, 1, D]`."""
-        out = self.projection(start_seconds=torch.tensor([0.0] * batch_size).to(self.device),
-                              end_seconds=torch.tensor([float(seconds)] * batch_size).to(self.device))
-        return out.seconds_start_hidden_states, out.seconds_end_hidden_states
+        with torch.no_grad():
+            out = self.projection(start_seconds=torch.tensor([0.0] * batch_size).to(self.device),
+                                  end_seconds=torch.tensor([float(seconds)] * batch_size).to(self.device))
+            return out.seconds_start_hidden_states, out.seconds_end_hidden_states
 
     # -- the Generator interface ------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ class StableAudioGenerator(Generator):
         duration = self.duration if request.duration is None else float(request.duration)
         self.check_duration(duration)
         b = request.batch_size
-        use_cfg = request.cfg_scale > 1.0  # the pipeline's rule: scale 1 or below means one branch
+        use_cfg = self.cfg_scale(request) > 1.0  # the pipeline's rule: scale 1 or below means one branch
         # An empty negative prompt is the pipeline's `negative_prompt=None`: an all-zero unconditional
         # branch (text and seconds); any other is encoded, with the run's seconds.
         negative = [request.negative_prompt] * b if use_cfg and request.negative_prompt != "" else None
@@ -208,7 +208,7 @@ class StableAudioGenerator(Generator):
             step_kwargs["generator"] = seeded_generators(request.seeds, after=shape)
         rotary = get_1d_rotary_pos_embed(self.rotary_dim, self.latent_frames + 1, use_real=True,
                                          repeat_interleave_real=False)  # latent frames + the global token
-        state = {"scheduler": scheduler, "cfg_scale": float(request.cfg_scale), "use_cfg": use_cfg,
+        state = {"scheduler": scheduler, "cfg_scale": float(self.cfg_scale(request)), "use_cfg": use_cfg,
                  "uncond_embeds": uncond, "text_mask": mask, "seconds": (start, end),
                  "rotary": tuple(r.to(self.device) for r in rotary), "step_kwargs": step_kwargs}
         return Trajectory(latents, scheduler.timesteps.clone(), cond, state, duration=duration)

@@ -8,17 +8,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah.component import Licence
 from sah.generator import GenerationRequest, Generator, Trajectory, predict_x0_from_scheduler, seeded_noise
 from sah.hookspecs import hookimpl
+from sah.lazy import lazy_import
 from sah.media import Audio, Modality, Video
 from sah.plugins.toy import world
-from sah.plugins.toy.nets import Denoiser, load_world, make_scheduler
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from sah.plugins.toy.nets import Denoiser
+else:
+    torch = lazy_import("torch")
 
 
 class _ToyGenerator(Generator):
@@ -30,7 +35,9 @@ class _ToyGenerator(Generator):
     max_duration: ClassVar[float | None] = world.DURATION
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
+        from sah.plugins.toy.nets import load_world  # torch modules: imported when the weights load
+
         super().__init__(model, device, dtype, **options)
         # the nets are tiny, so they always run in float32; only latents follow `dtype`
         self.world = load_world(self.model, device=self.device)
@@ -42,13 +49,15 @@ class _ToyGenerator(Generator):
         return self.denoiser.embed_classes(index)
 
     def prepare(self, request: GenerationRequest) -> Trajectory:
+        from sah.plugins.toy.nets import make_scheduler
+
         scheduler = make_scheduler(self.world.config)
         scheduler.set_timesteps(request.num_steps, device=self.device)
         noise = seeded_noise((self.world.config.latent_dim,), request.seeds, device=self.device)
         latents = (noise * scheduler.init_noise_sigma).to(self.dtype)
         # a negative prompt naming a class replaces the null class as the unconditional branch of CFG
         uncond = self._embed_prompts([request.negative_prompt] * request.batch_size)
-        state = {"scheduler": scheduler, "uncond_embeds": uncond, "cfg_scale": float(request.cfg_scale)}
+        state = {"scheduler": scheduler, "uncond_embeds": uncond, "cfg_scale": float(self.cfg_scale(request))}
         return Trajectory(latents, scheduler.timesteps.clone(), self._embed_prompts(request.prompts), state)
 
     def predict_noise(self, trajectory: Trajectory, latents: Tensor, index: int) -> Tensor:

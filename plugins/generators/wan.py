@@ -18,19 +18,24 @@ import json
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor, nn
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah import schedules
-from sah.component import Licence
+from sah.component import Licence, Option
 from sah.errors import SahError
 from sah.generator import GenerationRequest, Generator, Trajectory, predict_x0_from_scheduler, seeded_noise
 from sah.hookspecs import hookimpl
 from sah.hub import is_local_path, load_pretrained
+from sah.lazy import lazy_import
 from sah.media import Modality, Video
 from sah.plugins.generators._video_common import MODEL_FLAG, ModelOffload
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor, nn
+else:
+    torch = lazy_import("torch")
+    nn = lazy_import("torch.nn")
 
 # diffusers and transformers are imported on use (loading, building a scheduler): every `sah` command
 # registers this plugin, and `sah plugins` or a run with another generator must not pay for them.
@@ -88,28 +93,29 @@ class WanGenerator(Generator):
         url="https://huggingface.co/Wan-AI/Wan2.1-T2V-1.3B-Diffusers")
     supports_prompt_tuning: ClassVar[bool] = True
     supports_frame_subset: ClassVar[bool] = True
+    core_defaults: ClassVar[dict[str, Any]] = {"cfg_scale": 5.0}  # WanPipeline's default guidance_scale
     options: ClassVar[dict[str, Any]] = {
-        "frames": 81,
-        "height": 480,
-        "width": 832,
-        "fps": 16.0,
-        "cfg_scale": 5.0,  # WanPipeline's default guidance_scale
-        "scheduler": "auto",
-        # 0: the checkpoint's own shift (3.0 in both repositories; the Wan authors suggest 5.0 at 720p)
-        "flow_shift": 0.0,
-        "max_sequence_length": 512,  # WanPipeline.__call__'s default
-        # the VAE in float32 even when run.dtype is half precision, as diffusers' Wan example loads it
-        "vae_float32": True,
-        "cpu_offload": False,
+        "frames": Option(81, help="frames when the run does not say (4k + 1: 1, 5, …, 81)", min=1),
+        "height": Option(480, help="pixels, a multiple of 16", min=16),
+        "width": Option(832, help="pixels, a multiple of 16", min=16),
+        "fps": Option(16.0, help="frames per second of the output", min=0.0),
+        "scheduler": Option("auto", help='the sampler ("auto": the checkpoint\'s own)', choices=tuple(SCHEDULERS)),
+        # 3.0 in both repositories; the Wan authors suggest 5.0 at 720p
+        "flow_shift": Option(0.0, help="the flow-matching shift (0: the checkpoint's own)", min=0.0),
+        "max_sequence_length": Option(512, help="T5 tokens of the prompt (WanPipeline's default)", min=1),
+        "vae_float32": Option(True, help="the VAE in float32 even when run.dtype is half precision, as diffusers' "
+                                         "Wan example loads it"),
+        "cpu_offload": Option(False, help="keep only the model in use on the accelerator"),
     }
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
         # imported here, not at module level: registering the plugins must not pay for diffusers/transformers
         from diffusers import AutoencoderKLWan, UniPCMultistepScheduler
         from transformers import AutoTokenizer, UMT5EncoderModel
 
         super().__init__(model, device, dtype, **options)
+        dtype = self.dtype  # None: float32
         load = functools.partial(load_pretrained, flag=MODEL_FLAG, what="video model")
         self._refuse_wan22(load)
         self.tokenizer = load(AutoTokenizer.from_pretrained, self.model, subfolder="tokenizer")
@@ -141,12 +147,6 @@ class WanGenerator(Generator):
                 problems.append(f"video.{key} must be a positive multiple of {SIZE_MULTIPLE}, got {c[key]}")
         if not c["fps"] > 0:
             problems.append(f"video.fps must be positive, got {c['fps']}")
-        if c["scheduler"] not in SCHEDULERS:
-            problems.append(f"video.scheduler must be one of {', '.join(SCHEDULERS)}, got {c['scheduler']!r}")
-        if not c["flow_shift"] >= 0:
-            problems.append(f"video.flow_shift must be positive (0: the checkpoint's own), got {c['flow_shift']}")
-        if not (isinstance(c["max_sequence_length"], int) and c["max_sequence_length"] >= 1):
-            problems.append(f"video.max_sequence_length must be a positive integer, got {c['max_sequence_length']}")
         if problems:
             raise SahError(f"{cls.name}: {problems[0]}")
 
@@ -273,7 +273,7 @@ class WanGenerator(Generator):
         scheduler.set_begin_index(0)
         dtype = self.transformer.dtype
         cond = self.encode_prompts(request.prompts).to(dtype)
-        scale = float(request.cfg_scale)
+        scale = float(self.cfg_scale(request))
         state: dict[str, Any] = {"scheduler": scheduler, "cfg_scale": scale, "frames": frames}
         if scale > 1.0:  # the pipeline encodes the negative prompt only when guidance is on
             state["uncond_embeds"] = self.encode_prompts([request.negative_prompt]).to(dtype)

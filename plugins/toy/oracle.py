@@ -8,14 +8,21 @@ media is the kind of thing the toy world contains: one clean tone, one compact b
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
 
+from sah.lazy import lazy_import
 from sah.media import Audio, Video
 from sah.plugins.toy import world
+
+if TYPE_CHECKING:
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+else:
+    torch = lazy_import("torch")
+    F = lazy_import("torch.nn.functional")
 
 #: a tone's energy within this distance of the peak (or 4 FFT bins, if wider) counts as the tone's
 PEAK_HALF_WIDTH_HZ = 20.0

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import math
-
-import torch
-from diffusers import DDIMScheduler
+from typing import TYPE_CHECKING
 
 from sah import Audio, GenerationRequest, Generator, Modality, Trajectory, hookimpl
-from sah.component import Licence
+from sah.component import Licence, Option
 from sah.errors import SahError
 from sah.generator import predict_x0_from_scheduler, seeded_noise
+from sah.lazy import lazy_import
+
+# torch on first use, diffusers where the scheduler is built: `sah plugins` imports this module
+if TYPE_CHECKING:
+    import torch
+else:
+    torch = lazy_import("torch")
 
 SAMPLE_RATE = 16_000
 FREQUENCIES = [250.0 * (k + 1) for k in range(8)]
@@ -20,16 +25,21 @@ class ExampleTones(Generator):
     name = "example-tones"
     modality = Modality.AUDIO
     description = "8 sine tones; latent = amplitudes (example plugin)"
-    options = {"duration": 1.0, "loudness": 0.15}
+    options = {
+        "duration": Option(1.0, help="seconds of audio when the run does not say", min=0.0),
+        "loudness": Option(0.15, help="peak amplitude of each tone", min=0.0),
+    }
     licence = Licence(code="Apache-2.0", weights="none (no weights: the denoiser is exact)", commercial=True)
 
     @classmethod
     def check_options(cls, options: dict) -> None:
-        if not float(options["duration"]) > 0 or float(options["loudness"]) < 0:
-            raise SahError(f"example-tones: duration must be > 0 and loudness >= 0, got {options['duration']} "
-                           f"and {options['loudness']}")
+        # the Options say ">= 0"; a length must also not be zero
+        if not options["duration"] > 0:
+            raise SahError(f"example-tones: duration must be > 0 seconds, got {options['duration']}")
 
     def prepare(self, request: GenerationRequest) -> Trajectory:
+        from diffusers import DDIMScheduler
+
         scheduler = DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
                                   beta_start=0.00085, beta_end=0.012, clip_sample=False)
         scheduler.set_timesteps(request.num_steps)

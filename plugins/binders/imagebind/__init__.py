@@ -9,28 +9,22 @@ modality, so a V2A run never reads the 354 M-parameter text tower.
 
 from __future__ import annotations
 
+import gc
 import json
-import math
 import os
 import shutil
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any, ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from sah import hub
 from sah.binder import Binder
-from sah.component import Licence
+from sah.component import Licence, Option
 from sah.errors import SahError, first_line
 from sah.hookspecs import hookimpl
-from sah.io import atomic_path
+from sah.lazy import lazy_import
 from sah.media import Audio, Image, Media, Modality, Text, Video
 
-from .model import TOWERS, ImageBindConfig, ImageBindModel, tower_prefixes
 from .preprocess import (
     CROPS,
     MAX_AUDIO_CLIP_SECONDS,
@@ -41,9 +35,26 @@ from .preprocess import (
     video_clip_frames,
     video_to_clips,
 )
-from .tokenizer import default_tokenizer
+from .spec import TOWERS, ImageBindConfig, tower_prefixes
+
+if TYPE_CHECKING:
+    import torch
+    from torch import Tensor
+
+    from .model import ImageBindModel
+else:
+    torch = lazy_import("torch")
 
 __all__ = ["ImageBindBinder", "ImageBindConfig", "ImageBindModel", "load_towers", "save_checkpoint"]
+
+
+def __getattr__(name: str) -> Any:
+    # The towers (torch modules) are imported on use, so registering the plugin needs no torch.
+    if name == "ImageBindModel":
+        from .model import ImageBindModel
+
+        return ImageBindModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 CHECKPOINT_NAME = "imagebind_huge.pth"
 CHECKPOINT_URL = "https://dl.fbaipublicfiles.com/imagebind/imagebind_huge.pth"
@@ -87,6 +98,11 @@ def download_checkpoint(url: str | None = None) -> Path:
     if hub.offline():
         raise SahError(f"ImageBind checkpoint {CHECKPOINT_NAME!r} is not in {cache_dir()} and HF_HUB_OFFLINE "
                        f"is set; {advice}")
+    import urllib.error
+    import urllib.request
+
+    from sah.io import atomic_path
+
     print(f"sah: downloading the ImageBind checkpoint {url} to {target} (once)", file=sys.stderr)
     try:
         with urllib.request.urlopen(url, timeout=30) as response, atomic_path(target) as temp, \
@@ -150,7 +166,7 @@ class _Checkpoint:
                            f"{first_line(exc)}") from exc
         if isinstance(state, dict) and len(state) == 1 and isinstance(next(iter(state.values())), dict):
             state = next(iter(state.values()))  # {"model": state_dict} wrappers
-        if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise SahError(f"ImageBind checkpoint {str(path)!r} is not a state dict of tensors")
         return state
 
@@ -166,9 +182,13 @@ class _Checkpoint:
 
 
 def load_towers(checkpoint: str | Path, towers: tuple[str, ...] = TOWERS, config: ImageBindConfig | None = None,
-                device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> ImageBindModel:
+                device: str | torch.device = "cpu", dtype: torch.dtype | None = None) -> ImageBindModel:
     """Build `towers` on the meta device and assign the checkpoint's tensors (cast to `dtype`), so
     loading needs one copy of the weights, not two. Strict: every key of the towers must be there."""
+    from .model import ImageBindModel
+
+    if dtype is None:
+        dtype = torch.float32
     source = checkpoint if isinstance(checkpoint, _Checkpoint) else _Checkpoint(Path(checkpoint))
     config = config or ImageBindConfig()
     with torch.device("meta"):
@@ -224,13 +244,19 @@ class ImageBindBinder(Binder):
     description: ClassVar[str] = "ImageBind huge (Meta's checkpoint, our own towers): audio, video, image, text"
     default_model: ClassVar[str | None] = CHECKPOINT_NAME
     options: ClassVar[dict[str, Any]] = {
-        "config": "",  # "", "huge", or a config JSON; "" reads <checkpoint stem>.json or config.json beside it
-        "preprocess": "sah",  # or "official"
-        "audio_clip_seconds": 2.0,
-        "audio_clips": "auto",  # or a positive integer
-        "video_clip_seconds": 2.0,
-        "video_clips": "auto",  # or a positive integer
-        "video_crops": 3,  # 3, 1 or "squash"
+        "config": Option("", help='the architecture: "" reads <checkpoint stem>.json or config.json beside the '
+                                  'checkpoint (else huge), "huge", or a config JSON file', type=str),
+        "preprocess": Option("sah", help='"official": the pinned ImageBind code\'s float preprocessing; "sah": '
+                                         "the same on differentiable tensors", choices=MODES),
+        "audio_clip_seconds": Option(2.0, help="seconds of audio in each clip the audio tower embeds",
+                                     min=MIN_AUDIO_CLIP_SECONDS, max=MAX_AUDIO_CLIP_SECONDS),
+        "audio_clips": Option("auto", help='clips per audio, their embeddings averaged; "auto": the fewest that '
+                                           "cover it", choices=("auto",), type=int, min=1),
+        "video_clip_seconds": Option(2.0, help="seconds of video in each clip the vision tower embeds", min=1e-3),
+        "video_clips": Option("auto", help='clips per video, their embeddings averaged; "auto": the fewest that '
+                                           "cover it", choices=("auto",), type=int, min=1),
+        "video_crops": Option(3, help='spatial crops per clip (3: ImageBind\'s own), or "squash": the whole frame '
+                                      "resized, as the Seeing-and-Hearing authors' loader does", choices=CROPS),
     }
 
     @classmethod
@@ -242,7 +268,7 @@ class ImageBindBinder(Binder):
             return [(CHECKPOINT_URL if name == CHECKPOINT_NAME else name, None)]
 
     def __init__(self, model: str | None = None, device: str | torch.device = "cpu",
-                 dtype: torch.dtype = torch.float32, **options: Any) -> None:
+                 dtype: torch.dtype | None = None, **options: Any) -> None:
         super().__init__(model, device, dtype, **options)
         try:
             self.checkpoint_path: Path | None = resolve_checkpoint(self.model)
@@ -265,26 +291,6 @@ class ImageBindBinder(Binder):
         self._towers = {tower: model for tower in model.towers}
         return self
 
-    @classmethod
-    def check_options(cls, options: dict[str, Any]) -> None:
-        cfg = options
-        if cfg["preprocess"] not in MODES:
-            raise SahError(f"imagebind: preprocess must be one of {', '.join(MODES)}, got {cfg['preprocess']!r}")
-        for key in ("audio_clips", "video_clips"):
-            value = cfg[key]
-            if value != "auto" and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise SahError(f"imagebind: {key} must be \"auto\" or a positive integer, got {value!r}")
-        for key in ("audio_clip_seconds", "video_clip_seconds"):
-            value = cfg[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
-                raise SahError(f"imagebind: {key} must be a positive number of seconds, got {value!r}")
-        seconds = cfg["audio_clip_seconds"]
-        if not MIN_AUDIO_CLIP_SECONDS <= seconds <= MAX_AUDIO_CLIP_SECONDS:
-            raise SahError(f"imagebind: audio_clip_seconds must be between {MIN_AUDIO_CLIP_SECONDS} and "
-                           f"{MAX_AUDIO_CLIP_SECONDS} (the audio tower reads 1 to 204 fbank frames), got {seconds!r}")
-        if type(cfg["video_crops"]) not in (int, str) or cfg["video_crops"] not in CROPS:
-            raise SahError(f"imagebind: video_crops must be 1, 3 or \"squash\", got {cfg['video_crops']!r}")
-
     def tower(self, name: str) -> ImageBindModel:
         """The model holding tower `name`, loaded from the checkpoint on first use."""
         if name not in self._towers:
@@ -292,6 +298,21 @@ class ImageBindBinder(Binder):
                 raise SahError(f"imagebind: this binder has no {name} tower and no checkpoint to load it from")
             self._towers[name] = load_towers(self._checkpoint, (name,), self.model_config, self.device, self.dtype)
         return self._towers[name]
+
+    def release(self, keep: frozenset[Modality]) -> None:
+        # The vision and text towers of ImageBind huge are 2.5 and 1.4 GB in float32, unused by a
+        # V2A run's guidance once its video and prompt are embedded. Towers are dropped only when
+        # the checkpoint can load them again (a binder made `from_model` keeps its towers). From a
+        # .pth checkpoint, read by memory map, the weights are clean pages of the file that the
+        # kernel reclaims when memory runs short; from .safetensors they are freed here.
+        if self._checkpoint is None:
+            return
+        needed = {"vision"} if keep & {Modality.VIDEO, Modality.IMAGE} else set()
+        needed |= {"audio"} if Modality.AUDIO in keep else set()
+        needed |= {"text"} if Modality.TEXT in keep else set()
+        for name in [n for n in self._towers if n not in needed]:
+            del self._towers[name]
+        gc.collect()
 
     def video_frames(self, num_frames: int, fps: float) -> list[int]:
         windows = video_clip_frames(num_frames, fps, self.config["video_clips"], self.model_config.video_frames,
@@ -322,6 +343,8 @@ class ImageBindBinder(Binder):
             pixels = image_to_pixels(media.pixels.to(self.device), mode)
             return self.tower("vision").embed_vision(pixels.to(self.dtype)).float()
         if isinstance(media, Text):
+            from .tokenizer import default_tokenizer
+
             ids = default_tokenizer()(media.prompts, self.model_config.context_length).to(self.device)
             return self.tower("text").embed_text(ids).float()
         raise TypeError(f"imagebind cannot embed {type(media).__name__}")

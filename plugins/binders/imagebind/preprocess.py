@@ -25,16 +25,23 @@ import math
 from collections import Counter
 from fractions import Fraction
 from functools import lru_cache
-
-import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from sah import dsp
 from sah.errors import SahError
+from sah.lazy import lazy_import
 
-from .model import CLIP_MEAN, CLIP_STD
+from .spec import CLIP_MEAN, CLIP_STD
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+    from torch import Tensor
+else:
+    np = lazy_import("numpy")
+    torch = lazy_import("torch")
+    F = lazy_import("torch.nn.functional")
 
 SAMPLE_RATE = 16_000
 NUM_MEL_BINS = 128
@@ -43,7 +50,7 @@ CLIP_SECONDS = 2.0
 AUDIO_MEAN, AUDIO_STD = -4.268, 9.138
 FRAME_LENGTH, FRAME_SHIFT, FFT_SIZE = 400, 160, 512  # 25 ms, 10 ms, next power of two
 PREEMPHASIS = 0.97
-LOG_FLOOR = torch.finfo(torch.float32).eps
+LOG_FLOOR = 2.0**-23  # torch.finfo(torch.float32).eps
 IMAGE_SIZE = 224
 MODES = ("sah", "official")
 CROPS = (1, 3, "squash")
@@ -96,7 +103,7 @@ def kaldi_mel_banks(num_bins: int = NUM_MEL_BINS, rate: int = SAMPLE_RATE, fft_s
     in float32, the Nyquist column zero, as Kaldi builds them."""
     def mel(f: Tensor | float) -> Tensor:
         return 1127.0 * torch.log1p(torch.as_tensor(f, dtype=torch.float32) / 700.0) \
-            if isinstance(f, Tensor) else 1127.0 * math.log(1.0 + f / 700.0)
+            if isinstance(f, torch.Tensor) else 1127.0 * math.log(1.0 + f / 700.0)
 
     mel_low, mel_high = mel(low_hz), mel(rate / 2)
     delta = (mel_high - mel_low) / (num_bins + 1)
