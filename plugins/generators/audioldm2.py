@@ -13,6 +13,7 @@ when it makes several per prompt); tests/test_audioldm2.py pins this.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from collections.abc import Sequence
@@ -34,7 +35,7 @@ from sah.hub import diffusers_load_kwargs, load_pretrained
 from sah.lazy import lazy_import
 from sah.media import Audio, Modality
 from sah.plugins.generators.audioldm import SCHEDULERS as AUDIOLDM_SCHEDULERS
-from sah.plugins.generators.audioldm import mel_latent_shape
+from sah.plugins.generators.audioldm import AudioLDMGenerator, mel_latent_shape
 
 if TYPE_CHECKING:
     import torch
@@ -74,14 +75,14 @@ class AudioLDM2Generator(Generator):
     description: ClassVar[str] = "AudioLDM 2 text-to-audio (CLAP + Flan-T5 → GPT-2; diffusers components), 16 kHz mono"
     default_model: ClassVar[str | None] = "cvssp/audioldm2"
     core_defaults: ClassVar[dict[str, Any]] = {"cfg_scale": 3.5}  # AudioLDM2Pipeline's default guidance scale
+    # AudioLDM's options, with AudioLDM2Pipeline's 10 s and this plugin's longer scheduler list
     options: ClassVar[dict[str, Any]] = {
-        "duration": Option(10.0, help="seconds of audio when the run does not say (V2A: the video's length)",
-                           min=0.0),
+        "duration": dataclasses.replace(AudioLDMGenerator.options["duration"], default=10.0),
         "guide_whole_waveform": Option(False, help="during guidance the binder sees the vocoder's whole output "
                                                    "(the latent rounded up to whole frames), not the run's length"),
-        "scheduler": Option("ddim", help="the sampler (a short name or its diffusers class name)",
-                            choices=(*SCHEDULERS, *SCHEDULERS.values())),
-        "cpu_offload": Option(False, help="keep only the models in use on the accelerator"),
+        "scheduler": dataclasses.replace(AudioLDMGenerator.options["scheduler"],
+                                         choices=(*SCHEDULERS, *SCHEDULERS.values())),
+        "cpu_offload": AudioLDMGenerator.options["cpu_offload"],
     }
     #: the GPT-2 states and the T5 sequence are tensors the UNet is differentiable in
     supports_prompt_tuning: ClassVar[bool] = True
