@@ -2,7 +2,8 @@
 
     python benchmarks/startup.py [--repeat 5]
 
-Times, in fresh processes, `sah --help`, `sah plugins`, and `sah run` given a missing input file
+Times, in fresh processes, `sah --help`, `sah plugins`, `sah config show --preset paper-v2a` (which
+reads every option of AudioLDM and ImageBind), and `sah run` given a missing input file
 (an input error: it should answer before any heavy import), and `python -c "import torch"` as the
 yardstick. Prints the median wall-clock time of each and its ratio to torch's import; the target is
 under 0.3x for every command that needs no model. Each process is started as the `sah` console
@@ -22,6 +23,7 @@ SAH = [sys.executable, "-c", "from sah.cli import main; main()"]
 CASES = [
     ("sah --help", [*SAH, "--help"]),
     ("sah plugins", [*SAH, "plugins"]),
+    ("sah config show", [*SAH, "config", "show", "--preset", "paper-v2a"]),
     ("missing input file", [*SAH, "run", "--video", "no-such-clip.mp4"]),
 ]
 YARDSTICK = ("import torch", [sys.executable, "-c", "import torch"])

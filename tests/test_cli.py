@@ -416,7 +416,7 @@ def test_startup_benchmark_runs_and_prints_ratios():
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "startup.py"
     done = subprocess.run([sys.executable, str(script), "--repeat", "1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    for label in ("sah --help", "sah plugins", "missing input file", "import torch"):
+    for label in ("sah --help", "sah plugins", "sah config show", "missing input file", "import torch"):
         assert label in done.stdout
     assert "x import torch" in done.stdout
 
