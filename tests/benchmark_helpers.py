@@ -19,3 +19,14 @@ def run_benchmark(name: str, *args: str, cwd: Path) -> str:
     assert done.returncode == 0, f"{name} {' '.join(args)} exited {done.returncode}:\n{done.stderr[-3000:]}"
     assert not any(cwd.iterdir()), f"{name} wrote into its working directory: {list(cwd.iterdir())}"
     return done.stdout
+
+
+def table_rows(lines: list[str], start: int) -> list[list[str]]:
+    """The cells of the rows of the Markdown table whose header is `lines[start]`."""
+    assert set(lines[start + 1].replace("|", "")) <= set("-"), lines[start + 1]
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    return rows

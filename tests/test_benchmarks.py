@@ -6,9 +6,10 @@ printed numbers)."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
-from benchmark_helpers import ROOT, run_benchmark
+from benchmark_helpers import ROOT, run_benchmark, table_rows
 
 DOC = ROOT / "docs" / "performance.md"
 SECONDS = r"(-?\d+\.\d+)"
@@ -23,14 +24,7 @@ def quotient_rounding(a: float, b: float) -> float:
 def table(out: str, header: str) -> list[list[str]]:
     """The rows (cells) of the first Markdown table under `header` in `out`."""
     lines = out.splitlines()
-    start = lines.index(header)
-    assert set(lines[start + 1].replace("|", "")) <= set("-"), lines[start + 1]
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip("|").split("|")])
-    return rows
+    return table_rows(lines, lines.index(header))
 
 
 def tables(out: str, header: str) -> list[list[list[str]]]:
@@ -93,14 +87,22 @@ def test_the_doc_promises_the_tables_and_measured_figures():
     assert promised_headers("guided_step") and promised_headers("gpu_presets")
 
 
-@pytest.mark.slow
-def test_guided_step_tiny_prints_consistent_figures(tmp_path):
+def run_tiny(name: str, tmp_path: Path, skip_prefix: str | None = None) -> str:
+    """`benchmarks/NAME --tiny`'s output, which must print every table header docs/performance.md
+    promises for it (but those starting with `skip_prefix`)."""
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    out = run_benchmark("guided_step.py", "--tiny", cwd=cwd)
+    out = run_benchmark(name, "--tiny", cwd=cwd)
     printed = {line.strip() for line in out.splitlines()}
-    for header in promised_headers("guided_step"):
-        assert header in printed, f"docs/performance.md promises {header!r}; printed:\n{out}"
+    for header in promised_headers(name.removesuffix(".py")):
+        if skip_prefix is None or not header.startswith(skip_prefix):
+            assert header in printed, f"docs/performance.md promises {header!r}; printed:\n{out}"
+    return out
+
+
+@pytest.mark.slow
+def test_guided_step_tiny_prints_consistent_figures(tmp_path):
+    out = run_tiny("guided_step.py", tmp_path)
 
     stage_tables = tables(out, "| stage | median step s | share | min over steps s |")
     assert len(stage_tables) == 2  # whole clip, partial clips
@@ -173,14 +175,8 @@ def test_guided_step_tiny_prints_consistent_figures(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_presets_tiny_prints_the_table_and_each_guided_runs_stages(tmp_path):
-    cwd = tmp_path / "cwd"
-    cwd.mkdir()
-    out = run_benchmark("gpu_presets.py", "--tiny", cwd=cwd)
-    printed = {line.strip() for line in out.splitlines()}
-    for header in promised_headers("gpu_presets"):
-        if header.startswith("| run | total s |"):
-            continue  # its stage columns are those the runs have: checked below
-        assert header in printed, f"docs/performance.md promises {header!r}; printed:\n{out}"
+    # the stage table's columns are those the runs have: checked below
+    out = run_tiny("gpu_presets.py", tmp_path, skip_prefix="| run | total s |")
     assert re.search(r"^skipped \(models not built by this benchmark\): .*v2a-stable-audio", out, re.M)
 
     presets = table(out, "| preset | task | steps | load s | unguided s/sample | guided s/sample | guided / unguided | "

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
-from benchmark_helpers import run_benchmark
+from benchmark_helpers import run_benchmark, table_rows
 
 NUMBER = r"-?\d+(?:\.\d+)?"
 
@@ -19,12 +19,7 @@ def table(out: str, first_cell: str) -> tuple[list[str], list[list[str]]]:
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith(f"| {first_cell} |"))
     head = [cell.strip() for cell in lines[start].strip("|").split("|")]
-    assert set(lines[start + 1].replace("|", "")) <= set("-"), lines[start + 1]
-    rows = []
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        rows.append([cell.strip() for cell in line.strip("|").split("|")])
+    rows = table_rows(lines, start)
     assert rows and all(len(r) == len(head) for r in rows), (head, rows)
     return head, rows
 
