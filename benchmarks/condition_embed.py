@@ -11,8 +11,9 @@ that they give the same embedding:
   `embed_vision` alone, then averaged with the same weights: the one-clip-at-a-time loop;
 - per clip, its crops batched: each temporal clip's crops in one forward (what calling `embed`
   on each clip's own stretch of the video would run), shown for reference;
-- with `--bfloat16-row`, batched again with the tower cast to bfloat16 (CPUs with AMX or
-  AVX512-BF16 run its matrix products several times faster), its cosine to the float32 embedding.
+- with `--bfloat16-row`, batched again with the tower cast to bfloat16, as the binder's option
+  `vision_dtype = "bfloat16"` runs it (tests/test_imagebind.py checks they are the same), and its
+  cosine to the float32 embedding.
 
 Note on the Seeing-and-Hearing authors' code (../shared/reference/seeing-and-hearing/README.md):
 it passes the video as `[1, K, 3, 2, 224, 224]` (K 1 s clips, squashed, no crops) to ImageBind's
@@ -49,7 +50,7 @@ from sah.media import Video
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 0.75  # issue 19: batched at most 0.75x the one-clip-at-a-time seconds per clip
-BF16 = "batched, tower in bfloat16"
+BF16 = "batched, tower in bfloat16 (vision_dtype)"
 
 
 def tiny_config():

@@ -23,14 +23,15 @@ guided (guidance.start = 0), on the CPU in float32.
    convolution and attention (torch.utils.flop_counter) and the bytes ops write: what a busy
    machine cannot blur.
 4. Partial clips (`--partial-clips` clips of `--partial-clip-seconds`, default 1 of 2 s): the binder
-   then reads only part of the audio. Reported: the guided step as sah runs it with those binder
-   options (it decodes every latent frame), as ratios to the whole-clip floor of 2 and to the floor
-   of its own binder work; the cost of decoding only the latent frames under the clips (with 0, 8
-   and 16 context frames on each side; 8 is audioldm's chunked-decode context) and the floor with
-   that decode; and how far that decode is from the whole one for the binder: 1 − cos of its
+   then reads only part of the audio, and sah decodes only the latent frames under its clips
+   (`Binder.audio_spans`, audioldm's `decode_spans`: 8 frames of context on each side). Reported:
+   the guided step as sah runs it, as ratios to the whole-clip floor of 2, to the floor of its own
+   binder work with the whole decode, and to the floor with sah's decode of the spans (the same
+   decode, timed alone); how far that decode is from the whole one for the binder (1 − cos of its
    embeddings, the relative error of its log-mel input and of the waveform under the clips, with
-   another sample's decode as a yardstick. sah has no partial decode: the needed-frames decode here
-   is this benchmark's own slice of the latent through the generator's VAE and vocoder.
+   another sample's decode as a yardstick) and for the guidance (the cosine of the gradients with
+   respect to x̂0 through each); and, for comparison, the benchmark's own slices of the latent with
+   0, 8 and 16 context frames.
 
     python benchmarks/guided_step.py                          # full size, CPU, 1 thread (~13 min, ~12 GB)
     python benchmarks/guided_step.py --seconds 4 --steps 2    # shorter
@@ -65,7 +66,8 @@ import sah
 from sah import cost
 from sah.aligner import GuidanceSettings
 from sah.api import Models
-from sah.generator import GenerationRequest
+from sah.binder import merge_spans
+from sah.generator import GenerationRequest, span_frames
 from sah.media import Audio, Modality, Video
 from sah.presets import list_presets, load_preset
 
@@ -352,6 +354,18 @@ class Floor:
             clock.add(backward)
         return wave.detach().unsqueeze(1)
 
+    def decode_spans(self, x0: Tensor, spans: list[tuple[float, float]], forward: Part, backward: Part) -> Tensor:
+        """sah's own decode of the binder's spans (`decode(..., spans=...)`), forward and backward."""
+        leaf = x0.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            with Clock() as clock:
+                wave = self.generator.decode(leaf, spans=spans).waveform[..., :self.keep]
+            clock.add(forward)
+            with Clock() as clock:
+                wave.sum().backward()
+            clock.add(backward)
+        return wave.detach()
+
     @staticmethod
     def binder(binder: Any, wave: Tensor, rate: int, target: Tensor, forward: Part, backward: Part) -> None:
         leaf = wave.detach().clone().requires_grad_(True)
@@ -418,6 +432,10 @@ class Partial:
     clips: str
     needed: tuple[int, int]  # latent frames under the clips
     frames: int  # latent frames in all
+    sah_frames: list[tuple[int, int]]  # the latent frames sah's decode of the binder's spans decodes
+    sah_decode: Part  # its forward + backward
+    sah_differences: tuple[float, float, float]
+    gradient: tuple[float, float]  # cos and relative error of the latent's guidance gradient, partial vs whole
     binder: dict[str, Part]
     decodes: dict[int, tuple[tuple[int, int], Part]]  # context -> (decoded frames, forward + backward)
     differences: dict[int, tuple[float, float, float]]  # context -> (1 − cos, log-mel error, waveform error)
@@ -440,9 +458,17 @@ def measure_partial(args: argparse.Namespace, plan: sah.RunPlan, base: list[dict
     parts = {"binder forward": Part("binder forward"), "binder backward": Part("binder backward")}
     decodes = {c: ((max(0, need[0] - c), min(frames, need[1] + c)), Part(f"context {c}")) for c in CONTEXTS}
     waves: dict[int, Tensor] = {}
+    duration = floor.trajectory.duration
+    spans = merge_spans(binder.audio_spans(duration), duration)
+    sah_frames = span_frames(spans, generator.latent_frame_seconds(), frames, generator.chunk_context)
+    sah_decode, sah_wave = Part("sah's decode of the spans"), []
 
     def between() -> None:  # the partial floor's parts, next to each counted guided step
         floor.binder(binder, whole, rate, target, parts["binder forward"], parts["binder backward"])
+        forward, backward = Part("forward"), Part("backward")
+        sah_wave[:] = [floor.decode_spans(x0, spans, forward, backward)]
+        sah_decode.seconds.append(forward.seconds[0] + backward.seconds[0])
+        sah_decode.cpu.append(forward.cpu[0] + backward.cpu[0])
         for c, ((lo, hi), part) in decodes.items():
             forward, backward = Part("forward"), Part("backward")
             waves[c] = floor.decode(x0, forward, backward, (lo, hi, *need))
@@ -458,7 +484,26 @@ def measure_partial(args: argparse.Namespace, plan: sah.RunPlan, base: list[dict
     with torch.no_grad():
         other = floor._waveform(other_x0)[..., :samples].unsqueeze(1)
     yardstick = differences(binder, whole, other, rate, span)
-    return Partial(run, clip_description(binder, samples, rate), need, frames, parts, decodes, found, yardstick)
+    gradient = guidance_gradients(generator, binder, x0, spans, floor.keep, target)
+    return Partial(run, clip_description(binder, samples, rate), need, frames, sah_frames, sah_decode,
+                   differences(binder, whole, sah_wave[0], rate, span), gradient, parts, decodes, found, yardstick)
+
+
+def guidance_gradients(generator: Any, binder: Any, x0: Tensor, spans: list[tuple[float, float]], keep: int | None,
+                       target: Tensor) -> tuple[float, float]:
+    """The gradient of the binder's 1 − cos with respect to x̂0, through sah's decode of the spans
+    and through the whole decode: their cosine and relative error."""
+    grads = []
+    for chosen in (spans, None):
+        leaf = x0.detach().clone().requires_grad_(True)
+        with torch.enable_grad():
+            audio = generator.decode(leaf, spans=chosen)
+            wave = audio.waveform[..., :keep]
+            loss = (1 - binder.similarity(binder.embed(Audio(wave, audio.sample_rate)), target)).sum()
+            (grad,) = torch.autograd.grad(loss, leaf)
+        grads.append(grad.double().flatten())
+    partial, whole = grads
+    return float(F.cosine_similarity(partial, whole, dim=0)), float((partial - whole).norm() / whole.norm())
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -543,7 +588,11 @@ def print_partial(p: Partial, whole_parts: dict[str, Part], whole_floor: float) 
     print_stage_table(p.run)
     print("\n| measure | median s | min s |")
     print("|---|---|---|")
-    print(f"| guided step (sah decodes all {p.frames} latent frames) | {step.wall:.3f} | {p.run.minimum('step'):.3f} |")
+    decoded = ", ".join(f"[{lo}, {hi})" for lo, hi in p.sah_frames)
+    print(f"| guided step (sah decodes latent frames {decoded} of {p.frames}) | {step.wall:.3f} | "
+          f"{p.run.minimum('step'):.3f} |")
+    print(f"| sah's decode of the binder's spans, forward + backward, frames {decoded} | {p.sah_decode.median:.3f} | "
+          f"{p.sah_decode.min:.3f} |")
     print(f"| binder audio forward + backward ({p.clips.split(' (')[0]}) | {binder:.3f} | "
           f"{p.binder['binder forward'].min + p.binder['binder backward'].min:.3f} |")
     print(f"| decode forward + backward, all {p.frames} frames (the floor above) | {whole_decode:.3f} | "
@@ -552,16 +601,19 @@ def print_partial(p: Partial, whole_parts: dict[str, Part], whole_floor: float) 
         print(f"| decode forward + backward, frames [{lo}, {hi}) (needed + {c} context) | {part.median:.3f} | "
               f"{part.min:.3f} |")
     needed = {c: unet + part.median + binder for c, (_, part) in p.decodes.items()}
-    mid = CONTEXTS[1]
+    sah_floor = unet + p.sah_decode.median + binder
     print(f"\nwhole-clip floor (the floor above) = {whole_floor:.3f} s; floor with these clips and the whole decode = "
-          f"{own_floor:.3f} s; floor with these clips and a decode of the needed frames + {mid} context = "
-          f"{needed[mid]:.3f} s")
+          f"{own_floor:.3f} s; floor with these clips and sah's decode of the spans = {sah_floor:.3f} s")
     print(f"guided step (partial clips) / whole-clip floor = {step.wall / whole_floor:.3f}")
     print(f"guided step (partial clips) / floor with the whole decode = {step.wall / own_floor:.3f}")
-    print(f"needed-frames floor ({mid} context) / whole-clip floor = {needed[mid] / whole_floor:.3f}")
-    print(f"guided step (partial clips) / needed-frames floor ({mid} context) = {step.wall / needed[mid]:.3f}")
-    print("(sah has no partial decode: the needed-frames decode is this benchmark's own latent slice through "
-          "the generator's VAE and vocoder)\n")
+    print(f"guided step (partial clips) / floor with sah's decode of the spans = {step.wall / sah_floor:.3f}")
+    print(f"floor with sah's decode of the spans / whole-clip floor = {sah_floor / whole_floor:.3f}")
+    one_minus_cos, mel, wave = p.sah_differences
+    print(f"sah's decode of the spans against the whole decode: 1 − cos (binder embeddings) = {one_minus_cos:.2e}, "
+          f"log-mel rel. error = {mel:.2e}, waveform rel. error = {wave:.2e}")
+    print(f"guidance gradient (of 1 − cos to the target, with respect to x̂0) through sah's decode of the spans against "
+          f"through the whole decode: cos = {p.gradient[0]:.4f}, relative error = {p.gradient[1]:.2e}")
+    print("\nother contexts (the benchmark's own latent slices, from the clips without the binder's slack):\n")
     print("| context frames | decoded frames | decode fwd+bwd s | floor s | floor / whole-clip floor | "
           "1 − cos (binder embeddings, whole vs partial decode) | log-mel rel. error | waveform rel. error |")
     print("|---|---|---|---|---|---|---|---|")

@@ -27,7 +27,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 from sah import cost, longform
-from sah.binder import Binder
+from sah.binder import Binder, merge_spans
 from sah.config import DEFAULTS
 from sah.errors import PluginError, SahError, plugin_failure
 from sah.generator import GenerationRequest, Generator, Trajectory, fit_duration
@@ -166,6 +166,7 @@ class _Stream:
     noise_input: Tensor | None = None  # the latent `noise_pred` was predicted from
     embedding: dict[int, Tensor] = field(default_factory=dict)  # per part, of the latest x̂0, detached
     frames: list[int] | None = None
+    audio_spans: dict[float, list[tuple[float, float]] | None] = field(default_factory=dict)  # per seconds
 
     @property
     def num_steps(self) -> int:
@@ -447,6 +448,24 @@ def _target(targets: Mapping[str, Any], name: str, part: _Part, batch: int) -> T
     return torch.cat([t.expand(batch, -1) for t in rows])
 
 
+def _audio_spans(stream: _Stream, part: _Part, binder: Binder) -> list[tuple[float, float]] | None:
+    """The stretches of the part's audio the binder reads, when the generator can decode only
+    those and the binder sees the run's seconds (not the whole decode, whose length is unknown
+    before it is decoded); None: decode it all."""
+    generator = stream.generator
+    if generator.modality is not Modality.AUDIO or not generator.supports_audio_spans or \
+            generator.guide_whole_decode:
+        return None
+    seconds = stream.seconds(part)
+    if seconds is None:
+        return None
+    if seconds not in stream.audio_spans:
+        with plugin_call(binder, "audio_spans"):
+            spans = binder.audio_spans(seconds)
+        stream.audio_spans[seconds] = None if spans is None else merge_spans(spans, seconds) or None
+    return stream.audio_spans[seconds]
+
+
 def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[Modality, int],
            binder: Binder, terms: list[Term], targets: Mapping[str, Any], settings: GuidanceSettings,
            update: UpdateRule, warn_skip: Callable[[str], None], part_size: int) -> dict[str, Any]:
@@ -494,8 +513,10 @@ def _guide(streams: dict[Modality, _Stream], guided: list[Modality], tick: dict[
                 with torch.enable_grad():
                     with plugin_call(generator, "predict_x0"):
                         x0 = generator.predict_x0(trajectory, stream.select(leaves[m], part), noise_pred, index)
+                    spans = _audio_spans(stream, part, binder)
                     with plugin_call(generator, "decode"):
-                        decoded = generator.decode(x0, frames=stream.frames, trajectory=trajectory)
+                        decoded = generator.decode(x0, frames=stream.frames, trajectory=trajectory,
+                                                   **({} if spans is None else {"spans": spans}))
                     if not generator.guide_whole_decode:
                         decoded = fit_duration(decoded, stream.seconds(part))
                     with plugin_call(binder, "embed"):

@@ -45,12 +45,36 @@ class Binder(Component):
         A generator that can decode a subset of frames decodes only these during guidance."""
         return None
 
+    def audio_spans(self, duration: float) -> list[tuple[float, float]] | None:
+        """The stretches `(start, end)`, in seconds, that `embed` reads of audio lasting `duration`
+        seconds (a little wider is fine), or None for all of it.
+
+        A generator that can decode part of its output (`Generator.supports_audio_spans`) decodes
+        only these during guidance and leaves the rest of the waveform silent, so what `embed`
+        reads outside them must not change its embedding."""
+        return None
+
     def release(self, keep: frozenset[Modality]) -> None:
         """Free what embedding the modalities outside `keep` holds (a tower, a text encoder): a
         run calls it once its condition and prompts are embedded, keeping what its guidance
         embeds. An embed of a released modality later must still work (by loading it again).
         Default: nothing is freed."""
         return None
+
+
+def merge_spans(spans: Sequence[tuple[float, float]], duration: float) -> list[tuple[float, float]] | None:
+    """Spans clipped to `[0, duration]`, sorted and merged where they touch; None when they cover it all."""
+    merged: list[tuple[float, float]] = []
+    for start, end in sorted((max(0.0, float(a)), min(float(duration), float(b))) for a, b in spans):
+        if end <= start:
+            continue
+        if merged and start <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+        else:
+            merged.append((start, end))
+    if merged == [(0.0, float(duration))]:
+        return None
+    return merged
 
 
 def frames_at(video: Video, indices: Sequence[int]) -> Tensor:

@@ -7,6 +7,7 @@ latent through `predict_x0` and a differentiable `decode`, and finally `step` (t
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -104,6 +105,9 @@ class Generator(Component):
     supports_prompt_tuning: ClassVar[bool] = False
     #: `decode(latents, frames=...)` decodes only those frames (video generators).
     supports_frame_subset: ClassVar[bool] = False
+    #: `decode(latents, spans=...)` decodes only those stretches of audio exactly and leaves the rest
+    #: silent (audio generators). Plugins may set it per instance from an option.
+    supports_audio_spans: bool = False
     #: The longest output one window can make, in seconds (None: no limit the generator knows of).
     #: A longer run is sampled as overlapping windows of this length (`sah.longform`).
     max_duration: ClassVar[float | None] = None
@@ -147,7 +151,12 @@ class Generator(Component):
         """Latents to media, differentiable. `frames` (only when `supports_frame_subset`) limits a
         video decode to those frame indices; the returned Video then has `frame_indices` set.
         `trajectory` is the run's (None outside a run): audio must last at least its `duration`
-        and may run past it, e.g. by a vocoder's padding; the aligner cuts it (`fit_duration`)."""
+        and may run past it, e.g. by a vocoder's padding; the aligner cuts it (`fit_duration`).
+
+        With `supports_audio_spans` the aligner passes `spans=[(start, end), ...]` (seconds from the
+        decode's start, sorted, disjoint) when the binder reads only those: the waveform keeps the
+        whole decode's length, holds those stretches as the whole decode would, and may be silent
+        elsewhere (`span_frames` and `place_pieces` help)."""
 
     def denoise_step(self, trajectory: Trajectory, latents: Tensor, index: int) -> tuple[Tensor, Tensor]:
         """One unguided denoising step: `(noise_pred, next_latents)`."""
@@ -191,6 +200,37 @@ def seeded_generators(seeds: Sequence[int], after: Sequence[int] | None = None) 
         for g in generators:
             torch.randn(tuple(after), generator=g)
     return generators
+
+
+def span_frames(spans: Sequence[tuple[float, float]], frame_seconds: float, num_frames: int,
+                context: int = 0) -> list[tuple[int, int]]:
+    """Latent frames `[start, stop)` under audio `spans` (seconds), each widened by `context` frames
+    on both sides for a decoder whose output at a frame depends on its neighbours, merged where
+    they touch."""
+    ranges: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        start = max(0, math.floor(a / frame_seconds + 1e-9) - context)
+        stop = min(num_frames, math.ceil(b / frame_seconds - 1e-9) + context)
+        if ranges and start <= ranges[-1][1]:
+            ranges[-1] = (ranges[-1][0], max(ranges[-1][1], stop))
+        elif stop > start:
+            ranges.append((start, stop))
+    return ranges
+
+
+def place_pieces(pieces: Sequence[tuple[int, Tensor]], total: int) -> Tensor:
+    """A waveform `[..., total]` holding each `(offset, piece)` from that sample on, in order and
+    not overlapping, silent elsewhere; differentiable in the pieces."""
+    first = pieces[0][1]
+    lead, parts, at = first.shape[:-1], [], 0
+    for offset, piece in pieces:
+        if offset > at:
+            parts.append(first.new_zeros(*lead, offset - at))
+        parts.append(piece)
+        at = offset + piece.shape[-1]
+    if total > at:
+        parts.append(first.new_zeros(*lead, total - at))
+    return torch.cat(parts, dim=-1)[..., :total]
 
 
 def fit_duration(media: Audio | Video, seconds: float | None) -> Audio | Video:

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sah.binder import Binder
+from sah.binder import Binder, merge_spans
 from sah.component import Component, Licence
 from sah.errors import SahError
 from sah.generator import GenerationRequest, Generator, Trajectory, fit_duration, predict_x0_from_scheduler
@@ -36,8 +36,9 @@ else:
 __all__ = ["BINDER_CHECKS", "GENERATOR_CHECKS", "Report", "blob_video", "check_binder", "check_generator",
            "tone_audio"]
 
-GENERATOR_CHECKS = ("options", "weights", "licence", "prepare", "noise", "duration", "predict_x0", "decode")
-BINDER_CHECKS = ("options", "weights", "licence", "embed", "gradient", "video_frames", "release")
+GENERATOR_CHECKS = ("options", "weights", "licence", "prepare", "noise", "duration", "predict_x0", "decode",
+                    "spans")
+BINDER_CHECKS = ("options", "weights", "licence", "embed", "gradient", "video_frames", "audio_spans", "release")
 
 
 @dataclass
@@ -199,7 +200,8 @@ def _has_length(generator: Generator) -> bool:
 
 def check_generator(generator: Generator, request: GenerationRequest | None = None, *,
                     bad_options: Mapping[str, Any] | None = None, duration: float | None = None,
-                    has_length: bool | None = None, skip: Iterable[str] = (), rtol: float = 5e-2) -> Report:
+                    has_length: bool | None = None, skip: Iterable[str] = (), rtol: float = 5e-2,
+                    span_rtol: float = 5e-2) -> Report:
     """Check a loaded generator against the contract the aligner relies on.
 
     `request` (default: two prompts, seeds 0 and 1, 10 steps) is what it prepares. `bad_options`
@@ -207,7 +209,9 @@ def check_generator(generator: Generator, request: GenerationRequest | None = No
     `duration` is the run length asked of a generator that has a length (default: ¾ of
     `max_duration`, else 1.5 s); `has_length` says whether it has one (default: it declares a
     `duration` option, a `time_axis`, or is audio with a `max_duration`). `rtol` bounds the
-    gradient check's relative disagreement."""
+    gradient check's relative disagreement, `span_rtol` that of a decode of audio spans, and of its
+    gradient, from the whole decode's under them (a decoder whose normalisation or attention sees
+    the whole latent differs a little when it decodes only a stretch of it)."""
     skip = _skips(skip, GENERATOR_CHECKS)
     report = Report()
     label = type(generator).__name__
@@ -240,7 +244,48 @@ def check_generator(generator: Generator, request: GenerationRequest | None = No
         _directional_check(lambda z: _media_tensor(generator.decode(z, trajectory=trajectory)),
                            trajectory.latents, f"{label}.decode", rtol)
         report.passed.append("decode")
+    if "spans" not in skip:
+        _check_spans(generator, trajectory, report, span_rtol)
     return report
+
+
+def _check_spans(generator: Generator, trajectory: Trajectory, report: Report, span_rtol: float) -> None:
+    """`decode(..., spans=...)` keeps the whole decode's length, and its samples under the spans and
+    their gradient are the whole decode's (within `span_rtol`)."""
+    label = type(generator).__name__
+    if generator.modality is not Modality.AUDIO or not generator.supports_audio_spans:
+        report.skipped["spans"] = f"{label} does not decode audio spans (supports_audio_spans)"
+        return
+    leaf = trajectory.latents.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        whole = generator.decode(leaf, trajectory=trajectory)
+        d, rate = whole.duration, whole.sample_rate
+        spans = [(0.2 * d, 0.35 * d), (0.6 * d, 0.7 * d)]
+        part = generator.decode(leaf, trajectory=trajectory, spans=spans)
+        if not isinstance(part, Audio) or part.waveform.shape != whole.waveform.shape:
+            _fail(f"{label}.decode(spans=...) must give audio of the whole decode's shape "
+                  f"{tuple(whole.waveform.shape)}, got {tuple(getattr(part, 'waveform', part).shape)}")
+        cuts = [slice(math.ceil(a * rate), int(b * rate)) for a, b in spans]
+        for (a, b), cut in zip(spans, cuts):
+            if _relative_error(part.waveform[..., cut], whole.waveform[..., cut]) > span_rtol:
+                _fail(f"{label}.decode(spans=...) differs from the whole decode over {a:.3g}-{b:.3g} s by "
+                      f"{_relative_error(part.waveform[..., cut], whole.waveform[..., cut]):.3g} (relative), "
+                      f"more than span_rtol={span_rtol:g}")
+        probe = torch.randn(whole.waveform.shape, generator=torch.Generator().manual_seed(0)).to(whole.waveform)
+        under = sum((part.waveform[..., c] * probe[..., c]).sum() for c in cuts)
+        if not under.requires_grad:
+            _fail(f"{label}.decode(spans=...) is not differentiable: its output carries no gradient")
+        (got,) = torch.autograd.grad(under, leaf, allow_unused=True)
+        (expected,) = torch.autograd.grad(sum((whole.waveform[..., c] * probe[..., c]).sum() for c in cuts), leaf)
+    if got is None or _relative_error(got, expected) > span_rtol:
+        error = "no gradient reaches the latents" if got is None else f"{_relative_error(got, expected):.3g}"
+        _fail(f"{label}.decode(spans=...)'s gradient under the spans differs from the whole decode's: {error} "
+              f"(relative), more than span_rtol={span_rtol:g}")
+    report.passed.append("spans")
+
+
+def _relative_error(got: Tensor, expected: Tensor) -> float:
+    return float((got - expected).double().norm() / expected.double().norm().clamp_min(1e-12))
 
 
 def _check_trajectory(generator: Generator, request: GenerationRequest, trajectory: Trajectory) -> None:
@@ -389,10 +434,46 @@ def check_binder(binder: Binder, media: Sequence[Media] | None = None, *,
             report.passed.append("video_frames")
         else:
             report.skipped["video_frames"] = f"{label} does not embed video"
+    if "audio_spans" not in skip:
+        _check_audio_spans(binder, report)
     if "release" not in skip:
         _check_release(binder, items)
         report.passed.append("release")
     return report
+
+
+def _check_audio_spans(binder: Binder, report: Report) -> None:
+    """Audio whose samples outside `audio_spans(d)` are replaced by noise embeds as the audio itself,
+    at a few lengths and two sample rates."""
+    label = type(binder).__name__
+    if not binder.can_embed(Modality.AUDIO):
+        report.skipped["audio_spans"] = f"{label} does not embed audio"
+        return
+    checked = False
+    for seconds in (1.0, 2.5, 7.3):
+        spans = binder.audio_spans(seconds)
+        if spans is None:
+            continue
+        merged = merge_spans(spans, seconds)
+        if merged is None:  # all of it
+            continue
+        for rate in (16_000, 44_100):
+            audio = tone_audio(330.0, seconds, rate, batch=2)
+            keep = torch.zeros(audio.num_samples, dtype=torch.bool)
+            for a, b in merged:
+                keep[max(0, math.floor(a * rate)):math.ceil(b * rate)] = True
+            noise = 0.5 * torch.randn(audio.waveform.shape, generator=torch.Generator().manual_seed(0))
+            masked = Audio(torch.where(keep, audio.waveform, noise), rate)
+            with torch.no_grad():
+                expected, got = binder.embed(audio), binder.embed(masked)
+            if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5):
+                _fail(f"{label}.embed reads {seconds:g} s of audio at {rate} Hz outside audio_spans({seconds:g}) = "
+                      f"{[(round(a, 4), round(b, 4)) for a, b in merged]}: noise there changes its embedding")
+        checked = True
+    if checked:
+        report.passed.append("audio_spans")
+    else:
+        report.skipped["audio_spans"] = f"{label}.audio_spans is None: it reads all of the audio"
 
 
 def _check_release(binder: Binder, items: Sequence[Media]) -> None:

@@ -3,7 +3,7 @@ import warnings
 
 import pytest
 import torch
-from dummy_plugins import DummyAudio, DummyBinder, DummyVideo
+from dummy_plugins import DummyAudio, DummyBinder, DummyVideo, _basis
 
 from sah import GenerationRequest, GuidanceSettings, Modality, Term, align
 from sah.aligner import adam, lockstep, ngd, sgd
@@ -243,3 +243,87 @@ def test_prompt_tuning_moves_the_latent_by_the_fixed_noise_gradient_only():
     assert (g_through - g_z).abs().max() > 1e-3
     torch.testing.assert_close(prepared[0].prompt_embeds, y - 0.7 * g_y, rtol=1e-5, atol=1e-6)
     assert g_y.abs().max() > 1e-3  # the prompt did move, so its update is exercised
+
+
+# --------------------------------------------------------------------------- decoding only the audio a binder reads
+
+class _SpanAudio(DummyAudio):
+    """1 s of audio whose decode of `spans` is exact (the linear decode masked), recording each
+    decode's spans; with `exact=False` the silence is only where the binder does not look."""
+
+    supports_audio_spans = True
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        self.spans_seen: list = []
+
+    def prepare(self, request):
+        trajectory = super().prepare(request)
+        trajectory.duration = 1.0
+        return trajectory
+
+    def decode(self, latents, frames=None, trajectory=None, spans=None):
+        self.spans_seen.append(None if spans is None else list(spans))
+        audio = super().decode(latents, frames, trajectory)
+        if spans is None:
+            return audio
+        t = torch.arange(audio.num_samples) / audio.sample_rate
+        keep = torch.zeros_like(t, dtype=torch.bool)
+        for a, b in spans:
+            keep |= (t >= a) & (t < b)
+        return type(audio)(audio.waveform * keep, audio.sample_rate)
+
+
+class _FirstHalfBinder(DummyBinder):
+    """Reads only the first 0.5 s of audio (and says so), counting its `audio_spans` calls."""
+
+    def __init__(self, spans=((0.0, 0.5),), **options):
+        super().__init__(**options)
+        self.spans, self.span_calls = [tuple(s) for s in spans], 0
+
+    def audio_spans(self, duration):
+        self.span_calls += 1
+        return list(self.spans)
+
+    def embed(self, media):
+        if media.modality is not Modality.AUDIO:
+            return super().embed(media)
+        half = media.sample_rate // 2
+        wav = media.mono().waveform[:, 0, :half]
+        return wav @ _basis()[:, :half].T
+
+
+def _span_run(gen, binder):
+    target = torch.tensor([[1.0, -1.0, 1.0, -1.0]])
+    return align({A: gen}, {A: request(steps=6)}, binder, [Term(A, "condition")], {"condition": target},
+                 GuidanceSettings(start=0.0, end=1.0, lr={"audio": 0.4}))
+
+
+def test_guidance_decodes_only_the_audio_the_binder_reads_and_moves_the_latent_as_a_whole_decode_does():
+    partial, binder = _SpanAudio(), _FirstHalfBinder()
+    whole = _SpanAudio()
+    whole.supports_audio_spans = False
+    out = _span_run(partial, binder)
+    reference = _span_run(whole, _FirstHalfBinder())
+    torch.testing.assert_close(out.latents[A], reference.latents[A], rtol=0, atol=1e-6)
+    guided = [s for s in partial.spans_seen if s is not None]
+    assert guided == [[(0.0, 0.5)]] * 6 and partial.spans_seen[-1] is None  # the output is decoded whole
+    assert binder.span_calls == 1  # asked once per run, not per step
+    assert all(s is None for s in whole.spans_seen)
+
+
+@pytest.mark.parametrize("spans, passed", [
+    ([(0.6, 0.9), (-0.2, 0.1), (0.05, 0.3)], [(0.0, 0.3), (0.6, 0.9)]),  # clipped, sorted, merged
+    ([(0.0, 0.5), (0.4, 1.2)], None),  # all of it: decoded whole
+])
+def test_the_binders_spans_reach_the_decode_clipped_and_merged(spans, passed):
+    gen = _SpanAudio()
+    _span_run(gen, _FirstHalfBinder(spans))
+    assert gen.spans_seen[0] == passed
+
+
+def test_no_spans_when_the_binder_sees_the_whole_decode():
+    gen = _SpanAudio()
+    gen.guide_whole_decode = True  # the binder sees all that decode gives, whose length is not known before
+    _span_run(gen, _FirstHalfBinder())
+    assert all(s is None for s in gen.spans_seen)

@@ -132,11 +132,11 @@ def test_guided_step_tiny_prints_consistent_figures(tmp_path):
     surplus = table(out, "| where | guided s | floor s | surplus s |")
     *where, total = surplus
     assert total[0] == "total" and seconds(total[1]) == step and seconds(total[2]) == floor
-    assert seconds(total[3]) == pytest.approx(step - floor, abs=0.001)
+    assert seconds(total[3]) == pytest.approx(step - floor, abs=rounding(3))  # three roundings to 1 ms
     assert sum(seconds(r[1]) for r in where) == pytest.approx(step, abs=rounding(len(where) + 1))
     assert sum(seconds(r[2]) for r in where) == pytest.approx(floor, abs=rounding(len(where) + 5))
     for name, guided, floor_part, difference in where:
-        assert seconds(difference) == pytest.approx(seconds(guided) - seconds(floor_part), abs=0.0011), name
+        assert seconds(difference) == pytest.approx(seconds(guided) - seconds(floor_part), abs=rounding(3)), name
 
     # work counted op by op: the guided step does the floor's matmul/convolution work and no more
     work = {r[0]: r for r in table(out, "| work | guided step | floor | guided − floor |")}
@@ -157,6 +157,26 @@ def test_guided_step_tiny_prints_consistent_figures(tmp_path):
     assert whole_floor == floor
     ratio = float(re.search(r"^guided step \(partial clips\) / whole-clip floor = (\d+\.\d+)$", out, re.M).group(1))
     assert ratio == pytest.approx(partial_step / floor, abs=quotient_rounding(partial_step, floor))
+    # sah decodes only the frames under the binder's clips: its guided step, and that decode timed alone
+    measures = {r[0]: r for r in table(out, "| measure | median s | min s |")}
+    decoded = re.search(r"^\| guided step \(sah decodes latent frames \[0, (\d+)\) of (\d+)\) \|", out, re.M)
+    assert decoded and int(decoded.group(1)) < int(decoded.group(2))
+    sah_decode = next(r for name, r in measures.items() if name.startswith("sah's decode of the binder's spans"))
+    binder_work = next(r for name, r in measures.items() if name.startswith("binder audio forward + backward"))
+    sah_floor = float(re.search(rf"floor with these clips and sah's decode of the spans = {SECONDS} s$", out,
+                                re.M).group(1))
+    assert sah_floor == pytest.approx(seconds(components[0][1]) + seconds(sah_decode[1]) + seconds(binder_work[1]),
+                                      abs=rounding(3))
+    ratio = float(re.search(r"^guided step \(partial clips\) / floor with sah's decode of the spans = (\d+\.\d+)$",
+                            out, re.M).group(1))
+    assert ratio == pytest.approx(partial_step / sah_floor, abs=quotient_rounding(partial_step, sah_floor))
+    embeddings = re.search(r"^sah's decode of the spans against the whole decode: 1 − cos \(binder embeddings\) = "
+                           r"(\d\.\d\de[+-]\d\d), log-mel rel\. error = (\d\.\d\de[+-]\d\d), waveform rel\. error = "
+                           r"(\d\.\d\de[+-]\d\d)$", out, re.M)
+    assert embeddings and 0 <= float(embeddings.group(1)) <= 2
+    gradient = re.search(r"through the whole decode: cos = (-?\d\.\d{4}), relative error = (\d\.\d\de[+-]\d\d)$",
+                         out, re.M)
+    assert gradient and -1 <= float(gradient.group(1)) <= 1
     decodes = table(out, "| context frames | decoded frames | decode fwd+bwd s | floor s | floor / whole-clip floor | "
                          "1 − cos (binder embeddings, whole vs partial decode) | log-mel rel. error | "
                          "waveform rel. error |")

@@ -90,7 +90,7 @@ def test_condition_embed_tiny(cwd):
     head, rows = table(out, "variant")
     assert head == ["variant", "forwards", "batch", "total s", "s per clip", "cosine to batched"]
     variants = {r[0]: dict(zip(head, r)) for r in rows}
-    bf16 = "batched, tower in bfloat16"
+    bf16 = "batched, tower in bfloat16 (vision_dtype)"
     assert list(variants) == ["batched (sah: one forward)", "one at a time (batch 1)",
                               "per clip, its 3 crops batched", bf16]
     for name, r in variants.items():

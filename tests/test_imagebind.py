@@ -16,6 +16,7 @@ from media_helpers import blob_frames, tone, write_mp4
 from reference import IMAGEBIND_REFERENCE, reference_dir
 from safetensors.torch import load_file
 
+from sah.binder import merge_spans
 from sah.cli import cli
 from sah.errors import SahError
 from sah.io import read_image, read_video
@@ -590,3 +591,73 @@ def test_default_checkpoint_offline_is_one_line(tmp_path, monkeypatch):
     message = str(info.value)
     assert "\n" not in message and imagebind_plugin.CHECKPOINT_URL in message and "--binder-model PATH" in message
     assert not (tmp_path / "cache" / "imagebind" / "imagebind_huge.pth").exists()
+
+
+# -- the audio a binder reads, for a generator that decodes only that ---------------------------
+
+@pytest.fixture(scope="module")
+def audio_only_binder():
+    torch.manual_seed(0)
+    return ImageBindBinder.from_model(ImageBindModel(TINY, towers=("audio",)))
+
+
+@pytest.mark.parametrize("mode", ["sah", "official"])
+@pytest.mark.parametrize("rate", [16000, 44100, 8000])
+@pytest.mark.parametrize("seconds, clips, clip_seconds", [(4.0, 1, 2.0), (10.0, 2, 2.0), (2.9995, 3, 0.5),
+                                                          (1.7, 1, 0.3), (3.3, 2, 1.0)])
+def test_audio_spans_name_every_sample_embed_reads(audio_only_binder, mode, rate, seconds, clips, clip_seconds):
+    """As the aligner asks: the run's seconds, for audio cut to int(seconds · rate) samples. Noise
+    outside the spans leaves the embedding as it is; each span is a clip of the reference's rule
+    (`audio_clip_ranges`) widened by SPAN_SLACK."""
+    binder = audio_only_binder
+    binder.config.update(preprocess=mode, audio_clips=clips, audio_clip_seconds=clip_seconds)
+    spans = binder.audio_spans(seconds)
+    n = int(seconds * rate)
+    ranges = P.audio_clip_ranges(math.ceil(n * 16000 / rate), clips, 16000, clip_seconds, mode)
+    assert len(spans) == clips
+    for (a, b), (start, end) in zip(spans, ranges):
+        assert a + P.SPAN_SLACK == pytest.approx(start / 16000, abs=2e-4)
+        assert b - P.SPAN_SLACK == pytest.approx(end / 16000, abs=2e-4)
+    t = torch.arange(n) / rate
+    keep = torch.zeros(n, dtype=torch.bool)
+    for a, b in spans:
+        keep |= (t >= a) & (t < b)
+    assert 0 < keep.float().mean() < 1
+    g = torch.Generator().manual_seed(1)
+    wave = 0.3 * torch.randn(2, 1, n, generator=g)
+    masked = torch.where(keep, wave, torch.randn(wave.shape, generator=g))
+    with torch.no_grad():
+        torch.testing.assert_close(binder.embed(Audio(masked, rate)), binder.embed(Audio(wave, rate)),
+                                   rtol=0, atol=1e-6)
+
+
+def test_audio_spans_are_none_when_the_clips_cover_the_audio(audio_only_binder):
+    binder = audio_only_binder
+    binder.config.update(preprocess="sah", audio_clips="auto", audio_clip_seconds=2.0)
+    assert binder.audio_spans(10.0) is None  # "auto": the fewest clips that cover it
+    binder.config.update(audio_clips=5)
+    assert merge_spans(binder.audio_spans(10.0), 10.0) is None  # 5 × 2 s of 10 s
+    binder.config.update(audio_clips=1)
+    report = check_binder(binder, [Audio(0.3 * torch.randn(2, 1, 16000), 16000)], skip=["licence", "release"])
+    assert "audio_spans" in report.passed
+
+
+def test_vision_dtype_runs_the_vision_tower_alone_in_it(random_checkpoint):
+    """`vision_dtype = "bfloat16"` loads the vision tower in bfloat16 (the audio tower stays in the
+    binder's float32) and embeds exactly as that tower cast by hand does (what
+    benchmarks/condition_embed.py times); close to float32."""
+    binder = ImageBindBinder(str(random_checkpoint), vision_dtype="bfloat16")
+    full = ImageBindBinder(str(random_checkpoint))
+    torch.manual_seed(4)
+    video, audio = Video(torch.rand(1, 16, 3, 48, 64), 8.0), Audio(torch.rand(1, 1, 16000) - 0.5, 16000)
+    with torch.no_grad():
+        half_video, half_audio = binder.embed(video), binder.embed(audio)
+        cast = ImageBindBinder.from_model(load_towers(random_checkpoint, ("vision",), TINY).to(torch.bfloat16))
+        torch.testing.assert_close(half_video, cast.embed(video), rtol=0, atol=0)
+        assert next(binder.tower("vision").parameters()).dtype == torch.bfloat16
+        assert next(binder.tower("audio").parameters()).dtype == torch.float32
+        torch.testing.assert_close(half_audio, full.embed(audio), rtol=0, atol=0)
+        assert half_video.dtype == torch.float32
+        assert torch.nn.functional.cosine_similarity(half_video, full.embed(video)).item() > 0.999
+    with pytest.raises(SahError, match="cast the model rather than set vision_dtype"):
+        ImageBindBinder.from_model(ImageBindModel(TINY), vision_dtype="bfloat16")

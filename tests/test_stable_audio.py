@@ -35,16 +35,21 @@ from sah.errors import SahError
 from sah.generator import GenerationRequest, fit_duration
 from sah.io import read_audio, read_video
 from sah.media import Modality
-from sah.plugins.generators.stable_audio import RELEASED_MAX_SECONDS, StableAudioGenerator
+from sah.plugins.binders.imagebind import ImageBindBinder
+from sah.plugins.binders.imagebind.model import ImageBindConfig, ImageBindModel
+from sah.plugins.generators.stable_audio import RELEASED_MAX_SECONDS, StableAudioGenerator, decoder_reach
 from sah.presets import load_preset, preset_text
 from sah.registry import get_registry
-from sah.testing import sample_unguided
+from sah.testing import GENERATOR_CHECKS, check_generator, sample_unguided
 
 A = Modality.AUDIO
 RATE, HOP, FRAMES = 44100, 256, 128          # the tiny VAE's hop: 4·8·8; the DiT's sample_size
 MAX_SECONDS = FRAMES * HOP / RATE            # 0.743 s: the tiny model's longest output
 DURATION = 0.3                               # 13230 of the 32768 decoded samples: exercises the cut
 PROMPTS, SEEDS, NEGATIVE = ["a dog barks", "rain"], [3, 4], "low quality"
+IMAGEBIND_TINY = ImageBindConfig(out_embed_dim=24, vision_embed_dim=48, vision_num_blocks=2, vision_num_heads=3,
+                                 audio_embed_dim=40, audio_num_blocks=2, audio_num_heads=4, text_embed_dim=16,
+                                 text_num_blocks=2, text_num_heads=2)
 
 
 def tiny_tokenizer() -> T5Tokenizer:
@@ -523,3 +528,77 @@ def test_the_preset_runs_end_to_end_on_tiny_real_architectures(tiny, tmp_path):
     guided = [r for r in sidecar["trace"] if not r["skipped"]]
     assert len(guided) == 3 and all(set(r["similarity"]) == {"audio~condition", "audio~text"} for r in guided)
     assert all(math.isfinite(v) for r in guided for v in r["similarity"].values())
+
+
+# -- decoding only the audio the binder reads ---------------------------------------------------
+
+@pytest.mark.parametrize("ratios", [(2, 4, 4, 8, 8), (4, 8, 8), (2, 8), (8, 2, 2)])
+def test_decoder_reach_bounds_what_a_sample_depends_on(ratios):
+    """Probed by gradient on Oobleck decoders of these ratios (tiny widths): the latent frames that
+    latent frames [48, 52) of the output depend on, either way. The bound is exact for the released
+    ratios and the tests' tiny model, and at most a frame over for the others."""
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        vae = AutoencoderOobleck(encoder_hidden_size=2, downsampling_ratios=list(ratios),
+                                 channel_multiples=[1] * len(ratios), decoder_channels=2, decoder_input_channels=4)
+    hop = math.prod(ratios)
+    z = torch.randn(1, 4, 100, requires_grad=True)
+    (grad,) = torch.autograd.grad(vae.decode(z).sample[..., 48 * hop : 52 * hop].square().sum(), z)
+    used = grad.abs().sum(dim=(0, 1)).nonzero().flatten()
+    left, right = 48 - int(used.min()), int(used.max()) - 51
+    bound = decoder_reach(ratios)
+    assert left == right and left <= bound <= left + 1
+    if ratios in [(2, 4, 4, 8, 8), (4, 8, 8)]:
+        assert bound == left == 10
+
+
+def test_a_decode_of_spans_is_the_whole_decode_under_them(gen):
+    trajectory = gen.prepare(GenerationRequest(["a", "b"], [0, 1], num_steps=2, duration=DURATION))
+    spans = [(0.05, 0.07), (0.2, 0.25)]  # latent frames [8, 13) and [34, 44) of 128, 5.8 ms each
+    with torch.no_grad():
+        whole = gen.decode(trajectory.latents, trajectory=trajectory).waveform
+        part = gen.decode(trajectory.latents, trajectory=trajectory, spans=spans).waveform
+    assert part.shape == whole.shape == (2, 2, FRAMES * HOP)
+    for first, stop in [(8, 13), (34, 44)]:  # float32 rounding of convolutions over other lengths (float64: equal)
+        torch.testing.assert_close(part[..., first * HOP : stop * HOP], whole[..., first * HOP : stop * HOP],
+                                   rtol=0, atol=1e-6 * float(whole.abs().max()))
+    assert part[..., 13 * HOP : 34 * HOP].abs().max() == 0 == part[..., 44 * HOP :].abs().max()
+    assert "spans" in check_generator(gen, skip=[c for c in GENERATOR_CHECKS if c != "spans"], span_rtol=1e-5).passed
+
+
+def test_guided_v2a_on_the_binders_clips_only_moves_the_latent_as_a_whole_decode_does(tiny):
+    """ImageBind's audio tower reading one 0.05 s clip of 0.3 s: the run decodes 23 of the 128
+    latent frames at each guided step (13 under the clip and its slack, 10 of reach), and its
+    latents are those of the same run decoding them all. In float64, so that equal means equal."""
+    gen = StableAudioGenerator(str(tiny), duration=DURATION, dtype=torch.float64)
+    torch.manual_seed(0)
+    binder = ImageBindBinder.from_model(ImageBindModel(IMAGEBIND_TINY, towers=("audio",)).double(),
+                                        audio_clips=1, audio_clip_seconds=0.05)
+    target = torch.randn(1, IMAGEBIND_TINY.out_embed_dim, generator=torch.Generator().manual_seed(1))
+    decoded: list[int] = []
+    decode = gen.vae.decode
+
+    def counting_decode(z, *args, **kwargs):
+        decoded.append(z.shape[-1])
+        return decode(z, *args, **kwargs)
+
+    def run(partial: bool):
+        gen.supports_audio_spans = partial
+        request = GenerationRequest(["a dog barks"], [0], num_steps=4, cfg_scale=7.0, duration=DURATION)
+        return align({A: gen}, {A: request}, binder, [Term(A, "condition")], {"condition": target},
+                     GuidanceSettings(start=0.0, end=1.0, lr={"audio": 0.05}))
+
+    gen.vae.decode = counting_decode
+    try:
+        partial = run(True)
+        partial_frames = list(decoded)
+        decoded.clear()
+        whole = run(False)
+    finally:
+        del gen.vae.decode
+        gen.supports_audio_spans = True
+    assert partial_frames == [23] * 4 + [FRAMES] and decoded == [FRAMES] * 5  # 4 guided steps, then the output
+    torch.testing.assert_close(partial.latents[A], whole.latents[A], rtol=0, atol=1e-10)
+    assert partial.trace[-1]["similarity"]["audio~condition"] == \
+        pytest.approx(whole.trace[-1]["similarity"]["audio~condition"], abs=1e-12)

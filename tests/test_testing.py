@@ -120,7 +120,50 @@ class ShortDecode(ToyAudioGenerator):
         return Audio(audio.waveform[..., : audio.num_samples // 4], audio.sample_rate)
 
 
+class SpanAudio(ToyAudioGenerator):
+    """Decodes spans exactly: the whole decode, silent outside them."""
+
+    supports_audio_spans = True
+
+    def decode(self, latents, frames=None, trajectory=None, spans=None):
+        audio = super().decode(latents, frames, trajectory)
+        if spans is None:
+            return audio
+        t = torch.arange(audio.num_samples) / audio.sample_rate
+        keep = torch.zeros(audio.num_samples, dtype=torch.bool)
+        for a, b in spans:
+            keep |= (t >= a) & (t < b)
+        return Audio(audio.waveform * keep, audio.sample_rate)
+
+
+class SpansCutShort(SpanAudio):
+    """Returns only the decoded stretches, one after the other."""
+
+    def decode(self, latents, frames=None, trajectory=None, spans=None):
+        audio = super().decode(latents, frames, trajectory)
+        if spans is None:
+            return audio
+        rate = audio.sample_rate
+        return Audio(torch.cat([audio.waveform[..., int(a * rate):int(b * rate)] for a, b in spans], -1), rate)
+
+
+class SpansShifted(SpanAudio):
+    """Decodes each stretch from the wrong place (a latent frame off, in effect)."""
+
+    def decode(self, latents, frames=None, trajectory=None, spans=None):
+        if spans is None:
+            return super().decode(latents, frames, trajectory)
+        return super().decode(latents, frames, trajectory, [(a + 0.01, b + 0.01) for a, b in spans])
+
+
+def test_a_generator_that_decodes_spans_passes():
+    assert "spans" in check_generator(SpanAudio()).passed
+    assert "spans" in check_generator(ToyAudioGenerator()).skipped
+
+
 BROKEN_GENERATORS = [
+    (SpansCutShort, {}, r"decode\(spans=...\) must give audio of the whole decode's shape"),
+    (SpansShifted, {}, r"decode\(spans=...\) differs from the whole decode over"),
     (DetachedDecode, {}, "decode is not differentiable"),
     (HalfGradientDecode, {}, "disagrees with a central finite difference"),
     (NextStepX0, {}, "predict_x0 is not x̂0 at step"),
@@ -173,7 +216,28 @@ class ForgetfulBinder(dp.DummyBinder):
         return out * 0 if getattr(self, "lost", False) and isinstance(media, Video) else out
 
 
+class FirstSecondBinder(dp.DummyBinder):
+    """The dummy binder reads the first 800 samples, within the first second at any rate of 800 Hz
+    or more, and says so."""
+
+    def audio_spans(self, duration):
+        return [(0.0, 1.0)]
+
+
+class NarrowSpans(dp.DummyBinder):
+    """Says it reads 10 ms of audio; it reads 800 samples (50 ms at 16 kHz)."""
+
+    def audio_spans(self, duration):
+        return [(0.0, 0.01)]
+
+
+def test_a_binder_that_names_the_audio_it_reads_passes():
+    assert "audio_spans" in check_binder(FirstSecondBinder(), skip=["licence"]).passed
+    assert "audio_spans" in check_binder(dp.DummyBinder(), skip=["licence"]).skipped
+
+
 @pytest.mark.parametrize(("cls", "message"), [(DetachedBinder, r"embed\(Audio\) is not differentiable"),
+                                              (NarrowSpans, r"reads 1 s of audio at 16000 Hz outside audio_spans"),
                                               (FlatBinder, r"must return \[B, D\]"),
                                               (FarFrames, "picks indices outside"),
                                               (ForgetfulBinder, r"embed\(Video\) changed after release")])

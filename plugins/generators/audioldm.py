@@ -21,9 +21,11 @@ from sah.generator import (
     GenerationRequest,
     Generator,
     Trajectory,
+    place_pieces,
     predict_x0_from_scheduler,
     seeded_generators,
     seeded_noise,
+    span_frames,
 )
 from sah.hookspecs import hookimpl
 from sah.hub import diffusers_load_kwargs, load_pretrained
@@ -98,6 +100,8 @@ class AudioLDMGenerator(Generator):
                             choices=(*SCHEDULERS, *SCHEDULERS.values())),
         "cpu_offload": Option(False, help="keep only the model in use on the accelerator"),
         "decode_chunk": Option(0.0, help="seconds decoded at a time by VAE + vocoder (0: all at once)", min=0.0),
+        "decode_spans": Option(True, help="during guidance decode only the latent frames under the binder's audio "
+                                          "clips, with 8 frames of context (the VAE's attention sees only those)"),
     }
     #: the CLAP embedding is a tensor the UNet's class embedding is differentiable in
     supports_prompt_tuning: ClassVar[bool] = True
@@ -123,6 +127,7 @@ class AudioLDMGenerator(Generator):
         dtype = self.dtype  # None: float32
         self.duration = float(self.config["duration"])
         self.guide_whole_decode = bool(self.config["guide_whole_waveform"])
+        self.supports_audio_spans = bool(self.config["decode_spans"])
         self.scheduler_cls = schedules.scheduler_class(str(self.config["scheduler"]), SCHEDULERS, "audioldm")
         self.offload = bool(self.config["cpu_offload"]) and self.device.type != "cpu"
         home = torch.device("cpu") if self.offload else self.device
@@ -246,39 +251,58 @@ class AudioLDMGenerator(Generator):
                                          trajectory.timesteps[index], index=index)
 
     def decode(self, latents: Tensor, frames: Sequence[int] | None = None,
-               trajectory: Trajectory | None = None) -> Audio:
+               trajectory: Trajectory | None = None,
+               spans: Sequence[tuple[float, float]] | None = None) -> Audio:
         """Latents → VAE → mel spectrogram → HiFi-GAN → waveform `[B, 1, S]`, differentiable: the
-        vocoder's whole output, which the aligner cuts to the run's duration."""
+        vocoder's whole output, which the aligner cuts to the run's duration. With `spans` (seconds)
+        only the latent frames under them are decoded, with `chunk_context` frames on each side;
+        the rest of the waveform is silent."""
         self._use("vae", "vocoder")
-        wide = torch.promote_types(latents.dtype, torch.float32)
-        z = (1 / self.vae.config.scaling_factor * latents.to(wide)).to(self.dtype)  # as the pipeline scales
-        length = z.shape[2]
-        if not self.chunk_frames or self.chunk_frames >= length:
-            wave = self._latents_to_waveform(z)
-        else:
-            wave = torch.cat([self._decode_chunk(z, start, min(length, start + self.chunk_frames))
-                              for start in range(0, length, self.chunk_frames)], dim=-1)
-        wave = wave.to(torch.promote_types(wave.dtype, torch.float32))  # float32, or float64 for a float64 model
-        return Audio(wave.unsqueeze(1), self.sample_rate)
+        return decode_mel_latents(self, latents, spans, self.chunk_frames, self.chunk_context)
 
-    def _latents_to_waveform(self, z: Tensor) -> Tensor:
-        mel = self.vae.decode(z).sample  # [B, 1, frames, mel bins]
-        return self.vocoder(mel.squeeze(1))
 
-    def _decode_chunk(self, z: Tensor, start: int, stop: int) -> Tensor:
-        """Waveform of latent frames [start, stop), decoded with context on both sides.
+def decode_mel_latents(generator: Any, latents: Tensor, spans: Sequence[tuple[float, float]] | None = None,
+                       chunk_frames: int = 0, context: int = _CHUNK_CONTEXT_FRAMES) -> Audio:
+    """The waveform of mel-VAE latents `[B, C, frames, bins]` through `generator`'s VAE and vocoder
+    (AudioLDM and AudioLDM 2: `vae`, `vocoder`, `dtype`, `sample_rate`, `hop`, `vae_scale_factor`):
+    all at once, or the latent frames under `spans` (seconds) and/or `chunk_frames` at a time, each
+    with `context` frames on both sides, placed where the whole decode puts them (silence between
+    spans)."""
+    wide = torch.promote_types(latents.dtype, torch.float32)
+    z = (1 / generator.vae.config.scaling_factor * latents.to(wide)).to(generator.dtype)  # as the pipeline scales
+    length = z.shape[2]
+    frame_seconds = generator.hop * generator.vae_scale_factor / generator.sample_rate
+    ranges = [(0, length)] if spans is None else span_frames(spans, frame_seconds, length)
+    if ranges == [(0, length)] and not 0 < chunk_frames < length:
+        wave = _mel_latents_to_waveform(generator, z)
+    else:
+        step = chunk_frames or length
+        # a chunk of a chunked decode is checkpointed (the memory saving it is for); a span is not
+        pieces = [(start, _decode_frames(generator, z, start, min(stop, start + step), context, bool(chunk_frames)))
+                  for first, stop in ranges for start in range(first, stop, step)]
+        per_frame = pieces[0][1].shape[-1] // (min(ranges[0][1], ranges[0][0] + step) - ranges[0][0])
+        wave = place_pieces([(start * per_frame, piece) for start, piece in pieces], length * per_frame)
+    wave = wave.to(torch.promote_types(wave.dtype, torch.float32))  # float32, or float64 for a float64 model
+    return Audio(wave.unsqueeze(1), generator.sample_rate)
 
-        Under autograd the chunk is checkpointed: its activations are recomputed in the backward
-        pass instead of kept, which is where the memory saving comes from."""
-        lo, hi = max(0, start - self.chunk_context), min(z.shape[2], stop + self.chunk_context)
-        part = z[:, :, lo:hi]
-        if torch.is_grad_enabled() and part.requires_grad:
-            wave = torch_checkpoint.checkpoint(self._latents_to_waveform, part, use_reentrant=False)
-        else:
-            wave = self._latents_to_waveform(part)
-        per_frame = wave.shape[-1] // (hi - lo)
-        begin = (start - lo) * per_frame
-        return wave[:, begin : begin + (stop - start) * per_frame]
+
+def _mel_latents_to_waveform(generator: Any, z: Tensor) -> Tensor:
+    mel = generator.vae.decode(z).sample  # [B, 1, frames, mel bins]
+    return generator.vocoder(mel.squeeze(1))
+
+
+def _decode_frames(generator: Any, z: Tensor, start: int, stop: int, context: int, checkpoint: bool) -> Tensor:
+    """Waveform of latent frames [start, stop), decoded with `context` frames on both sides. With
+    `checkpoint`, under autograd, its activations are recomputed in the backward pass instead of kept."""
+    lo, hi = max(0, start - context), min(z.shape[2], stop + context)
+    part = z[:, :, lo:hi]
+    if checkpoint and torch.is_grad_enabled() and part.requires_grad:
+        wave = torch_checkpoint.checkpoint(_mel_latents_to_waveform, generator, part, use_reentrant=False)
+    else:
+        wave = _mel_latents_to_waveform(generator, part)
+    per_frame = wave.shape[-1] // (hi - lo)
+    begin = (start - lo) * per_frame
+    return wave[:, begin : begin + (stop - start) * per_frame]
 
 
 @hookimpl

@@ -35,7 +35,7 @@ from sah.hub import diffusers_load_kwargs, load_pretrained
 from sah.lazy import lazy_import
 from sah.media import Audio, Modality
 from sah.plugins.generators.audioldm import SCHEDULERS as AUDIOLDM_SCHEDULERS
-from sah.plugins.generators.audioldm import AudioLDMGenerator, mel_latent_shape
+from sah.plugins.generators.audioldm import AudioLDMGenerator, decode_mel_latents, mel_latent_shape
 
 if TYPE_CHECKING:
     import torch
@@ -83,6 +83,7 @@ class AudioLDM2Generator(Generator):
         "scheduler": dataclasses.replace(AudioLDMGenerator.options["scheduler"],
                                          choices=(*SCHEDULERS, *SCHEDULERS.values())),
         "cpu_offload": AudioLDMGenerator.options["cpu_offload"],
+        "decode_spans": AudioLDMGenerator.options["decode_spans"],
     }
     #: the GPT-2 states and the T5 sequence are tensors the UNet is differentiable in
     supports_prompt_tuning: ClassVar[bool] = True
@@ -116,6 +117,7 @@ class AudioLDM2Generator(Generator):
         dtype = self.dtype  # None: float32
         self.duration = float(self.config["duration"])
         self.guide_whole_decode = bool(self.config["guide_whole_waveform"])
+        self.supports_audio_spans = bool(self.config["decode_spans"])
         self.scheduler_cls = schedules.scheduler_class(str(self.config["scheduler"]), SCHEDULERS, "audioldm2")
         self.offload = bool(self.config["cpu_offload"]) and self.device.type != "cpu"
         home = torch.device("cpu") if self.offload else self.device
@@ -285,16 +287,14 @@ class AudioLDM2Generator(Generator):
                                          trajectory.timesteps[index], index=index)
 
     def decode(self, latents: Tensor, frames: Sequence[int] | None = None,
-               trajectory: Trajectory | None = None) -> Audio:
+               trajectory: Trajectory | None = None,
+               spans: Sequence[tuple[float, float]] | None = None) -> Audio:
         """Latents → VAE → mel spectrogram → HiFi-GAN → waveform `[B, 1, S]`, differentiable: the
-        vocoder's whole output, which the aligner cuts to the run's duration."""
+        vocoder's whole output, which the aligner cuts to the run's duration. With `spans` (seconds)
+        only the latent frames under them are decoded, with 8 frames of context on each side; the
+        rest of the waveform is silent."""
         self._use("vae", "vocoder")
-        wide = torch.promote_types(latents.dtype, torch.float32)
-        z = (1 / self.vae.config.scaling_factor * latents.to(wide)).to(self.dtype)  # as the pipeline scales
-        mel = self.vae.decode(z).sample  # [B, 1, frames, mel bins]
-        wave = self.vocoder(mel.squeeze(1))
-        wave = wave.to(torch.promote_types(wave.dtype, torch.float32))  # float32, or float64 for a float64 model
-        return Audio(wave.unsqueeze(1), self.sample_rate)
+        return decode_mel_latents(self, latents, spans)
 
 
 @hookimpl

@@ -30,9 +30,11 @@ from sah.generator import (
     GenerationRequest,
     Generator,
     Trajectory,
+    place_pieces,
     predict_x0_from_scheduler,
     seeded_generators,
     seeded_noise,
+    span_frames,
 )
 from sah.hookspecs import hookimpl
 from sah.hub import diffusers_load_kwargs, load_pretrained
@@ -50,6 +52,20 @@ else:
 
 #: The released checkpoint's longest output: its DiT's 1024 latent frames of 2048 samples at 44.1 kHz.
 RELEASED_MAX_SECONDS = 1024 * 2048 / 44100
+
+
+def decoder_reach(downsampling_ratios: Sequence[int]) -> int:
+    """Latent frames on each side that a sample of an Oobleck decoder depends on (10 for the
+    released ratios 2·4·4·8·8; tests/test_stable_audio.py probes it by gradient): a stretch decoded
+    with this many frames around it comes out as in a whole decode. The decoder is diffusers'
+    `OobleckDecoder`: a 7-tap conv on the latent, then per upsampling stride a transposed conv
+    (one input sample either way) and residual units of 7 taps dilated 1, 3 and 9, then a 7-tap conv."""
+    reach, rate = 3.0, 1
+    for stride in reversed(list(downsampling_ratios)):
+        reach += 1 / rate
+        rate *= int(stride)
+        reach += 3 * (1 + 3 + 9) / rate
+    return math.ceil(reach + 3 / rate - 1e-9)
 
 
 class StableAudioGenerator(Generator):
@@ -70,6 +86,8 @@ class StableAudioGenerator(Generator):
     }
     #: the projected T5 embedding is a tensor the DiT's cross-attention is differentiable in
     supports_prompt_tuning: ClassVar[bool] = True
+    #: the Oobleck decoder is convolutional: the stretches a binder reads decode exactly on their own
+    supports_audio_spans: bool = True
     #: the released model's; an instance reports its own model's (`sample_size` frames)
     max_duration: ClassVar[float | None] = RELEASED_MAX_SECONDS
     # The weights' licence, as the model card (huggingface.co/stabilityai/stable-audio-open-1.0,
@@ -116,6 +134,7 @@ class StableAudioGenerator(Generator):
         self.latent_frames = int(dit_config.get("sample_size", 1024))
         self.latent_channels = int(dit_config.get("in_channels", 64))
         self.hop = int(math.prod(vae_config.get("downsampling_ratios", [2, 4, 4, 8, 8])))
+        self.decoder_reach = decoder_reach(vae_config.get("downsampling_ratios", [2, 4, 4, 8, 8]))
         self.sample_rate = int(vae_config.get("sampling_rate", 44100))
         self.max_duration = self.latent_frames * self.hop / self.sample_rate
         self.check_duration(self.duration)
@@ -261,15 +280,28 @@ class StableAudioGenerator(Generator):
                                          trajectory.timesteps[index], index=index)
 
     def decode(self, latents: Tensor, frames: Sequence[int] | None = None,
-               trajectory: Trajectory | None = None) -> Audio:
+               trajectory: Trajectory | None = None,
+               spans: Sequence[tuple[float, float]] | None = None) -> Audio:
         """Latents → Oobleck VAE → stereo waveform `[B, 2, frames·hop]` at 44.1 kHz, differentiable: the
         VAE's whole output (or, with `decode_margin`, the frames covering the run's length and the
-        margin), which the aligner cuts to the run's length."""
+        margin), which the aligner cuts to the run's length. With `spans` (seconds) only the frames
+        under them are decoded, with `decoder_reach` frames on each side, the same samples as the
+        whole decode's; the rest is silent."""
         z = latents
         if self.decode_margin >= 0 and trajectory is not None and trajectory.duration is not None:
             keep = math.ceil(trajectory.duration * self.sample_rate / self.hop) + self.decode_margin
             z = z[..., : min(z.shape[-1], keep)]
-        wave = self.vae.decode(z.to(self.dtype)).sample
+        length = z.shape[-1]
+        ranges = [(0, length)] if spans is None else span_frames(spans, self.hop / self.sample_rate, length)
+        if ranges == [(0, length)]:
+            wave = self.vae.decode(z.to(self.dtype)).sample
+        else:
+            pieces = []
+            for start, stop in ranges:
+                lo, hi = max(0, start - self.decoder_reach), min(length, stop + self.decoder_reach)
+                part = self.vae.decode(z[..., lo:hi].to(self.dtype)).sample
+                pieces.append((start * self.hop, part[..., (start - lo) * self.hop : (stop - lo) * self.hop]))
+            wave = place_pieces(pieces, length * self.hop)
         return Audio(wave.to(torch.promote_types(wave.dtype, torch.float32)), self.sample_rate)
 
 

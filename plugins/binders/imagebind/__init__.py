@@ -30,12 +30,15 @@ from .preprocess import (
     MAX_AUDIO_CLIP_SECONDS,
     MIN_AUDIO_CLIP_SECONDS,
     MODES,
+    audio_clip_spans,
     audio_to_mel,
     image_to_pixels,
     video_clip_frames,
     video_to_clips,
 )
 from .spec import TOWERS, ImageBindConfig, tower_prefixes
+
+VISION_DTYPES = ("", "float32", "bfloat16", "float16")
 
 if TYPE_CHECKING:
     import torch
@@ -257,6 +260,9 @@ class ImageBindBinder(Binder):
                                            "cover it", choices=("auto",), type=int, min=1),
         "video_crops": Option(3, help='spatial crops per clip (3: ImageBind\'s own), or "squash": the whole frame '
                                       "resized, as the Seeing-and-Hearing authors' loader does", choices=CROPS),
+        "vision_dtype": Option("", help='the vision tower\'s precision: "" the binder\'s (run.dtype), or float32, '
+                                        "bfloat16, float16 (V2A embeds its video once with it)",
+                               choices=VISION_DTYPES),
     }
 
     @classmethod
@@ -287,6 +293,9 @@ class ImageBindBinder(Binder):
         param = next(model.parameters())
         self = cls.__new__(cls)
         Binder.__init__(self, "<in memory>", param.device, param.dtype, **options)
+        if self._tower_dtype("vision") != param.dtype:
+            raise SahError(f"imagebind: a binder made from towers in memory runs them in their own dtype "
+                           f"({param.dtype}); cast the model rather than set vision_dtype")
         self.checkpoint_path, self.model_config, self._checkpoint = None, model.config, None
         self._towers = {tower: model for tower in model.towers}
         return self
@@ -296,7 +305,8 @@ class ImageBindBinder(Binder):
         if name not in self._towers:
             if self._checkpoint is None:
                 raise SahError(f"imagebind: this binder has no {name} tower and no checkpoint to load it from")
-            self._towers[name] = load_towers(self._checkpoint, (name,), self.model_config, self.device, self.dtype)
+            self._towers[name] = load_towers(self._checkpoint, (name,), self.model_config, self.device,
+                                             self._tower_dtype(name))
         return self._towers[name]
 
     def release(self, keep: frozenset[Modality]) -> None:
@@ -319,9 +329,19 @@ class ImageBindBinder(Binder):
                                     float(self.config["video_clip_seconds"]))
         return sorted({i for window in windows for i in window})
 
-    def _weighted_clips(self, embed: Any, clips: Tensor, weights: Tensor) -> Tensor:
+    def audio_spans(self, duration: float) -> list[tuple[float, float]] | None:
+        if self.config["audio_clips"] == "auto":
+            return None  # the fewest clips that cover it
+        return audio_clip_spans(duration, int(self.config["audio_clips"]), float(self.config["audio_clip_seconds"]))
+
+    def _tower_dtype(self, name: str) -> torch.dtype:
+        if name == "vision" and self.config["vision_dtype"]:
+            return getattr(torch, self.config["vision_dtype"])
+        return self.dtype
+
+    def _weighted_clips(self, embed: Any, clips: Tensor, weights: Tensor, dtype: torch.dtype) -> Tensor:
         b, k = clips.shape[:2]
-        out = embed(clips.flatten(0, 1).to(self.device, self.dtype)).float().reshape(b, k, -1)
+        out = embed(clips.flatten(0, 1).to(self.device, dtype)).float().reshape(b, k, -1)
         return (out * weights.to(out.device)[None, :, None]).sum(dim=1)
 
     def embed(self, media: Media) -> Tensor:
@@ -331,17 +351,17 @@ class ImageBindBinder(Binder):
                 raise SahError("imagebind: cannot embed empty audio")
             mel, weights = audio_to_mel(media.waveform.to(self.device), media.sample_rate,
                                         self.config["audio_clips"], mode, float(self.config["audio_clip_seconds"]))
-            return self._weighted_clips(self.tower("audio").embed_audio, mel, weights)
+            return self._weighted_clips(self.tower("audio").embed_audio, mel, weights, self._tower_dtype("audio"))
         if isinstance(media, Video):
             clips, weights = video_to_clips(
                 media.frames.to(self.device), media.fps, self.config["video_clips"], self.config["video_crops"], mode,
                 frame_indices=media.frame_indices, total_frames=media.total_frames,
                 frames_per_clip=self.model_config.video_frames,
                 clip_seconds=float(self.config["video_clip_seconds"]))
-            return self._weighted_clips(self.tower("vision").embed_vision, clips, weights)
+            return self._weighted_clips(self.tower("vision").embed_vision, clips, weights, self._tower_dtype("vision"))
         if isinstance(media, Image):
             pixels = image_to_pixels(media.pixels.to(self.device), mode)
-            return self.tower("vision").embed_vision(pixels.to(self.dtype)).float()
+            return self.tower("vision").embed_vision(pixels.to(self._tower_dtype("vision"))).float()
         if isinstance(media, Text):
             from .tokenizer import default_tokenizer
 

@@ -96,6 +96,19 @@ def audio_clip_ranges(num_samples: int, clips: int | str = "auto", rate: int = S
     return [(int(s * rate), int((s + length) * rate)) for s in clip_starts(duration, count, clip_seconds)]
 
 
+#: How much wider than its clips `audio_clip_spans` says the audio is read: the resamplers' reach
+#: (24 zero crossings of the lower rate: 1.6 ms at 16 kHz, 10 ms at 2.5 kHz) and a duration cut to
+#: whole samples.
+SPAN_SLACK = 0.02
+
+
+def audio_clip_spans(duration: float, clips: int, clip_seconds: float = CLIP_SECONDS) -> list[tuple[float, float]]:
+    """The stretches `(start, end)`, in seconds, that `audio_to_mel` reads of audio lasting
+    `duration` seconds in `clips` clips, each `SPAN_SLACK` wider on both sides."""
+    return [(float(s) - SPAN_SLACK, float(s) + clip_seconds + SPAN_SLACK)
+            for s in clip_starts(float(duration), int(clips), clip_seconds)]
+
+
 @lru_cache(maxsize=4)
 def kaldi_mel_banks(num_bins: int = NUM_MEL_BINS, rate: int = SAMPLE_RATE, fft_size: int = FFT_SIZE,
                     low_hz: float = 20.0) -> Tensor:
