@@ -435,7 +435,7 @@ class Partial:
     sah_frames: list[tuple[int, int]]  # the latent frames sah's decode of the binder's spans decodes
     sah_decode: Part  # its forward + backward
     sah_differences: tuple[float, float, float]
-    gradient: tuple[float, float]  # cos and relative error of the latent's guidance gradient, partial vs whole
+    gradient: tuple[float, float, float, float]  # the latent's guidance gradient, partial vs whole (guidance_gradients)
     binder: dict[str, Part]
     decodes: dict[int, tuple[tuple[int, int], Part]]  # context -> (decoded frames, forward + backward)
     differences: dict[int, tuple[float, float, float]]  # context -> (1 − cos, log-mel error, waveform error)
@@ -484,15 +484,17 @@ def measure_partial(args: argparse.Namespace, plan: sah.RunPlan, base: list[dict
     with torch.no_grad():
         other = floor._waveform(other_x0)[..., :samples].unsqueeze(1)
     yardstick = differences(binder, whole, other, rate, span)
-    gradient = guidance_gradients(generator, binder, x0, spans, floor.keep, target)
+    gradient = guidance_gradients(generator, binder, x0, spans, floor.keep, target, sah_frames)
     return Partial(run, clip_description(binder, samples, rate), need, frames, sah_frames, sah_decode,
                    differences(binder, whole, sah_wave[0], rate, span), gradient, parts, decodes, found, yardstick)
 
 
 def guidance_gradients(generator: Any, binder: Any, x0: Tensor, spans: list[tuple[float, float]], keep: int | None,
-                       target: Tensor) -> tuple[float, float]:
+                       target: Tensor, decoded: list[tuple[int, int]]) -> tuple[float, float, float, float]:
     """The gradient of the binder's 1 − cos with respect to x̂0, through sah's decode of the spans
-    and through the whole decode: their cosine and relative error."""
+    and through the whole decode: their cosine and relative error; the cosine over the latent
+    frames the partial decode decodes (`decoded`); and the share of the whole decode's gradient
+    (by squared norm) on the frames it does not, which the partial decode leaves at zero."""
     grads = []
     for chosen in (spans, None):
         leaf = x0.detach().clone().requires_grad_(True)
@@ -501,9 +503,15 @@ def guidance_gradients(generator: Any, binder: Any, x0: Tensor, spans: list[tupl
             wave = audio.waveform[..., :keep]
             loss = (1 - binder.similarity(binder.embed(Audio(wave, audio.sample_rate)), target)).sum()
             (grad,) = torch.autograd.grad(loss, leaf)
-        grads.append(grad.double().flatten())
+        grads.append(grad.double())
     partial, whole = grads
-    return float(F.cosine_similarity(partial, whole, dim=0)), float((partial - whole).norm() / whole.norm())
+    inside = torch.zeros(x0.shape[2], dtype=torch.bool)
+    for lo, hi in decoded:
+        inside[lo:hi] = True
+    within = F.cosine_similarity(partial[:, :, inside].flatten(), whole[:, :, inside].flatten(), dim=0)
+    outside = whole[:, :, ~inside].pow(2).sum() / whole.pow(2).sum()
+    return (float(F.cosine_similarity(partial.flatten(), whole.flatten(), dim=0)),
+            float((partial - whole).norm() / whole.norm()), float(within), float(outside))
 
 
 # -- report ---------------------------------------------------------------------------------------------
@@ -612,7 +620,9 @@ def print_partial(p: Partial, whole_parts: dict[str, Part], whole_floor: float) 
     print(f"sah's decode of the spans against the whole decode: 1 − cos (binder embeddings) = {one_minus_cos:.2e}, "
           f"log-mel rel. error = {mel:.2e}, waveform rel. error = {wave:.2e}")
     print(f"guidance gradient (of 1 − cos to the target, with respect to x̂0) through sah's decode of the spans against "
-          f"through the whole decode: cos = {p.gradient[0]:.4f}, relative error = {p.gradient[1]:.2e}")
+          f"through the whole decode: cos = {p.gradient[0]:.4f}, relative error = {p.gradient[1]:.2e}; over the "
+          f"decoded latent frames cos = {p.gradient[2]:.4f}; share of the whole decode's gradient (squared norm) on "
+          f"the frames not decoded = {p.gradient[3]:.3f}")
     print("\nother contexts (the benchmark's own latent slices, from the clips without the binder's slack):\n")
     print("| context frames | decoded frames | decode fwd+bwd s | floor s | floor / whole-clip floor | "
           "1 − cos (binder embeddings, whole vs partial decode) | log-mel rel. error | waveform rel. error |")
