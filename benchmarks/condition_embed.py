@@ -33,7 +33,8 @@ warms up first (not timed).
 Measured (2-core CPU, otherwise idle, 1 thread, 4 clips x 3 crops): 2.985 s per clip batched, 2.965
 s one at a time (ratio 1.006): at batch 1 the tower's matrix products already have 257 rows (its
 tokens), which keep one core busy, so batching saves nothing; in bfloat16, 1.119 s per clip (0.377x,
-cosine 0.99998 to float32).
+cosine 0.99998 to float32). A second run (short test runs beside it): 3.154, 3.425 and, in
+bfloat16, 1.007 s per clip (0.294x, cosine 0.999983). docs/performance.md has both.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -30,7 +31,7 @@ from sah.generator import GenerationRequest, fit_duration
 from sah.io import read_audio, read_video
 from sah.media import Audio, Video
 from sah.plugins.binders.toy import ToyBinder
-from sah.plugins.generators.audioldm import SCHEDULERS, AudioLDMGenerator
+from sah.plugins.generators.audioldm import SCHEDULERS, AudioLDMGenerator, vocoder_samples
 from sah.testing import GENERATOR_CHECKS, check_generator, sample_unguided
 
 # With hop 4·4 at 16 kHz a mel frame is 1 ms and the VAE halves time: 1 latent frame = 2 ms.
@@ -46,8 +47,10 @@ def tiny_tokenizer() -> RobertaTokenizer:
     return RobertaTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=16)
 
 
-def tiny_audioldm_pipeline(seed: int = 0) -> AudioLDMPipeline:
-    """AudioLDM's real architectures at toy size (the spirit of diffusers' dummy components)."""
+def tiny_audioldm_pipeline(seed: int = 0, vocoder_rates: tuple[int, ...] = (4, 4),
+                           vocoder_kernels: tuple[int, ...] = (8, 8)) -> AudioLDMPipeline:
+    """AudioLDM's real architectures at toy size (the spirit of diffusers' dummy components). The
+    released vocoder's rates (5, 4, 2, 2, 2) and kernels (16, 16, 8, 4, 4) give it a 32-sample tail."""
     torch.manual_seed(seed)
     tokenizer = tiny_tokenizer()
     unet = UNet2DConditionModel(
@@ -63,8 +66,9 @@ def tiny_audioldm_pipeline(seed: int = 0) -> AudioLDMPipeline:
         vocab_size=len(tokenizer), hidden_size=8, intermediate_size=16, num_attention_heads=1, num_hidden_layers=1,
         projection_dim=8, max_position_embeddings=24, bos_token_id=0, pad_token_id=1, eos_token_id=2))
     vocoder = SpeechT5HifiGan(SpeechT5HifiGanConfig(
-        model_in_dim=8, sampling_rate=16000, upsample_initial_channel=16, upsample_rates=[4, 4],
-        upsample_kernel_sizes=[8, 8], resblock_kernel_sizes=[3, 7], resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
+        model_in_dim=8, sampling_rate=16000, upsample_initial_channel=2 ** (len(vocoder_rates) + 2),
+        upsample_rates=list(vocoder_rates), upsample_kernel_sizes=list(vocoder_kernels), resblock_kernel_sizes=[3, 7],
+        resblock_dilation_sizes=[[1, 3, 5], [1, 3, 5]],
         normalize_before=False, initializer_range=0.2))  # audible output from random weights
     scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
                               set_alpha_to_one=False)
@@ -74,9 +78,9 @@ def tiny_audioldm_pipeline(seed: int = 0) -> AudioLDMPipeline:
     return pipe
 
 
-def save_tiny_audioldm(folder: Path, seed: int = 0) -> Path:
+def save_tiny_audioldm(folder: Path, seed: int = 0, **vocoder: Any) -> Path:
     """Write a tiny AudioLDM in the hub layout (model_index.json + one folder per component)."""
-    tiny_audioldm_pipeline(seed).save_pretrained(folder)
+    tiny_audioldm_pipeline(seed, **vocoder).save_pretrained(folder)
     return folder
 
 
@@ -213,6 +217,47 @@ def test_a_decode_of_spans_is_the_frames_under_them_decoded_with_context_by_the_
     # the spans differs from the whole decode's by 0.69 (relative; check_generator's "spans").
     assert "spans" in check_generator(AudioLDMGenerator(str(tiny), decode_spans=False),
                                       skip=[c for c in GENERATOR_CHECKS if c != "spans"]).skipped
+
+
+@pytest.fixture(scope="module")
+def tiny_with_tail(tmp_path_factory) -> Path:
+    """The released vocoder's upsampling (hop 160, a 32-sample tail past the last mel frame)."""
+    return save_tiny_audioldm(tmp_path_factory.mktemp("audioldm-tail") / "tiny", vocoder_rates=(5, 4, 2, 2, 2),
+                              vocoder_kernels=(16, 16, 8, 4, 4))
+
+
+def test_partial_and_chunked_decodes_keep_the_vocoders_tail_and_its_frame_alignment(tiny_with_tail):
+    gen = AudioLDMGenerator(str(tiny_with_tail), duration=1.0)
+    chunked = AudioLDMGenerator(str(tiny_with_tail), duration=1.0, decode_chunk=0.2)
+    pipe = AudioLDMPipeline.from_pretrained(tiny_with_tail)
+    frames = gen.latent_shape[1]  # 50 latent frames of 20 ms: 2 mel frames of 160 samples each
+    assert frames == 50 and gen.hop == 160
+    for mel in (7, 100):
+        with torch.no_grad():
+            assert pipe.vocoder(torch.zeros(1, mel, 8)).shape[-1] == vocoder_samples(gen.vocoder.config, mel) == \
+                160 * mel + 32
+    latents = torch.randn(1, *gen.latent_shape, generator=torch.Generator().manual_seed(0))
+
+    def by_hand(pieces):  # (first, stop) latent frames, each decoded with 8 frames of context
+        out = torch.zeros(1, 1, 160 * 100 + 32)
+        for first, stop in pieces:
+            lo, hi = max(0, first - 8), min(frames, stop + 8)
+            wave = pipe.vocoder(pipe.vae.decode(latents[:, :, lo:hi] / pipe.vae.config.scaling_factor).sample
+                                .squeeze(1))
+            end = None if stop == frames else (stop - lo) * 320
+            piece = wave[:, (first - lo) * 320 : end]
+            out[:, 0, first * 320 : first * 320 + piece.shape[-1]] = piece
+        return out
+
+    with torch.no_grad():
+        whole = gen.decode(latents).waveform
+        # one frame's span (a context window shorter than 32 frames) and the last frames, tail and all
+        spans = gen.decode(latents, spans=[(0.30, 0.31), (0.95, 1.0)]).waveform
+        pieces = chunked.decode(latents).waveform
+        torch.testing.assert_close(spans, by_hand([(15, 16), (47, 50)]), rtol=0, atol=1e-6)
+        torch.testing.assert_close(pieces, by_hand([(k, min(50, k + 10)) for k in range(0, 50, 10)]), rtol=0,
+                                   atol=1e-6)
+    assert whole.shape == spans.shape == pieces.shape == (1, 1, 16032)
 
 
 def test_bfloat16_model_runs_and_returns_float32_audio(tiny):

@@ -116,3 +116,25 @@ def test_condition_embed_tiny(cwd):
     assert half == number(variants[bf16]["s per clip"])
     assert single == number(variants["one at a time (batch 1)"]["s per clip"])
     assert abs(ratio - half / single) <= 0.0005 + 0.01 * ratio
+
+
+@pytest.mark.slow
+def test_decode_chunk_tiny(cwd):
+    out = run_benchmark("decode_chunk.py", "--tiny", cwd=cwd)
+    head, rows = table(out, "decode_chunk s")
+    assert head == ["decode_chunk s", "chunk frames", "forward s", "backward s", "forward + backward s", "peak MiB",
+                    "waveform rel. error", "gradient rel. error"]
+    # 1 s of the tiny model is 500 latent frames of 2 ms: chunks of 0.1 and 0.05 s are 50 and 25 frames
+    assert [(r[0], r[1]) for r in rows] == [("0", "500"), ("0.1", "50"), ("0.05", "25")]
+    for row in rows:
+        assert number(row[4]) == pytest.approx(number(row[2]) + number(row[3]), abs=0.0011)
+    whole, *chunked = rows
+    assert whole[6] == whole[7] == "0.00e+00"
+    # checkpointed chunks keep one chunk's activations alive, not the whole decode's
+    assert all(number(r[5]) < number(whole[5]) for r in chunked), rows
+    for row in chunked:
+        ratios = re.search(rf"^decode_chunk = {re.escape(row[0])}: time ({NUMBER})x, peak memory ({NUMBER})x of the "
+                           "whole decode$", out, re.M)
+        assert ratios, out
+        assert float(ratios.group(1)) == pytest.approx(number(row[4]) / number(whole[4]), rel=0.01, abs=0.002)
+        assert float(ratios.group(2)) == pytest.approx(number(row[5]) / number(whole[5]), abs=0.05)

@@ -271,17 +271,17 @@ def decode_mel_latents(generator: Any, latents: Tensor, spans: Sequence[tuple[fl
     wide = torch.promote_types(latents.dtype, torch.float32)
     z = (1 / generator.vae.config.scaling_factor * latents.to(wide)).to(generator.dtype)  # as the pipeline scales
     length = z.shape[2]
-    frame_seconds = generator.hop * generator.vae_scale_factor / generator.sample_rate
-    ranges = [(0, length)] if spans is None else span_frames(spans, frame_seconds, length)
+    per_frame = generator.hop * generator.vae_scale_factor  # waveform samples per latent frame
+    ranges = [(0, length)] if spans is None else span_frames(spans, per_frame / generator.sample_rate, length)
     if ranges == [(0, length)] and not 0 < chunk_frames < length:
         wave = _mel_latents_to_waveform(generator, z)
     else:
         step = chunk_frames or length
         # a chunk of a chunked decode is checkpointed (the memory saving it is for); a span is not
-        pieces = [(start, _decode_frames(generator, z, start, min(stop, start + step), context, bool(chunk_frames)))
+        pieces = [(start * per_frame, _decode_frames(generator, z, start, min(stop, start + step), context,
+                                                     bool(chunk_frames)))
                   for first, stop in ranges for start in range(first, stop, step)]
-        per_frame = pieces[0][1].shape[-1] // (min(ranges[0][1], ranges[0][0] + step) - ranges[0][0])
-        wave = place_pieces([(start * per_frame, piece) for start, piece in pieces], length * per_frame)
+        wave = place_pieces(pieces, vocoder_samples(generator.vocoder.config, length * generator.vae_scale_factor))
     wave = wave.to(torch.promote_types(wave.dtype, torch.float32))  # float32, or float64 for a float64 model
     return Audio(wave.unsqueeze(1), generator.sample_rate)
 
@@ -300,9 +300,20 @@ def _decode_frames(generator: Any, z: Tensor, start: int, stop: int, context: in
         wave = torch_checkpoint.checkpoint(_mel_latents_to_waveform, generator, part, use_reentrant=False)
     else:
         wave = _mel_latents_to_waveform(generator, part)
-    per_frame = wave.shape[-1] // (hi - lo)
+    per_frame = generator.hop * generator.vae_scale_factor
     begin = (start - lo) * per_frame
-    return wave[:, begin : begin + (stop - start) * per_frame]
+    # the last frames keep what the vocoder gives past them (32 samples for the released one)
+    return wave[:, begin : None if stop == z.shape[2] else begin + (stop - start) * per_frame]
+
+
+def vocoder_samples(config: Any, mel_frames: int) -> int:
+    """The length of SpeechT5HifiGan's waveform for `mel_frames` frames: each upsampling layer, a
+    transposed convolution of kernel k, stride u and padding ⌊(k − u)/2⌋, maps n to (n − 1)·u − 2·pad + k
+    (160·n + 32 for the released vocoder's rates 5, 4, 2, 2, 2 and kernels 16, 16, 8, 4, 4)."""
+    n = int(mel_frames)
+    for rate, kernel in zip(config.upsample_rates, config.upsample_kernel_sizes):
+        n = (n - 1) * rate - 2 * ((kernel - rate) // 2) + kernel
+    return n
 
 
 @hookimpl
