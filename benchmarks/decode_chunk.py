@@ -7,14 +7,15 @@ and recomputed in the backward pass. This benchmark measures what that trades, o
 AudioLDM-m with random weights (benchmarks/gpu_presets.py's `save_full_audioldm`, loaded through
 the plugin's own path), 10 s of audio, float32, on the CPU: for each chunk length, one decode of a
 random x̂0 that requires grad, then the backward of a fixed random projection of the waveform, timed
-(forward, backward) and with its peak memory (benchmarks/_memory.py: RSS above the start on the CPU,
-`max_memory_allocated` on CUDA), and how far the waveform and the gradient are from the whole
-decode's (relative error).
+(forward, backward) and with its peak memory (benchmarks/_memory.py: the process's peak RSS above
+the start), and how far the waveform and the gradient are from the whole decode's (relative error).
 
-Each variant is a generator of its own made with that option (the models load once per variant,
-untimed); one untimed decode forward warms up first.
+Each variant is a generator of its own made with that option (all loaded first, untimed); one
+untimed decode and backward warms each up (the first pass of a size pays for fresh memory). Every
+variant is timed first and its peak memory measured after, in separate passes: measuring memory
+lowers glibc's mmap threshold for the process, which slows allocation.
 
-    python benchmarks/decode_chunk.py                     # full size, 10 s, chunks 0 (whole), 2 and 1 s: ~8 GB
+    python benchmarks/decode_chunk.py                     # full size, 10 s, chunks 0 (whole), 2 and 1 s: ~13 GB
     python benchmarks/decode_chunk.py --chunks 0 4 2 --repeats 2
     python benchmarks/decode_chunk.py --tiny              # the tests' tiny AudioLDM: seconds
 """
@@ -52,36 +53,46 @@ def build(folder: Path, tiny: bool) -> Path:
     return path
 
 
-def measure(model: Path, chunk: float, seconds: float, repeats: int, x0: torch.Tensor | None,
-            probe: torch.Tensor | None) -> dict:
+def decode_and_backward(generator, x0: torch.Tensor, probe: torch.Tensor | None) -> tuple[float, float, dict]:
+    """One decode of `x0` and the backward of `probe`·waveform: (forward s, backward s, tensors)."""
+    leaf = x0.clone().requires_grad_(True)
+    start = time.perf_counter()
+    wave = generator.decode(leaf).waveform
+    middle = time.perf_counter()
+    if probe is None:
+        probe = torch.randn(wave.shape, generator=torch.Generator().manual_seed(1))
+    (grad,) = torch.autograd.grad((wave * probe).sum(), leaf)
+    end = time.perf_counter()
+    return middle - start, end - middle, {"wave": wave.detach(), "grad": grad.detach(), "probe": probe}
+
+
+def measure(model: Path, chunks: list[float], seconds: float, repeats: int) -> list[dict]:
+    """Every variant timed first, then every variant's peak memory: the memory measurement lowers
+    glibc's mmap threshold for the whole process (benchmarks/_memory.py), which slows allocation."""
     from sah.plugins.generators.audioldm import AudioLDMGenerator
 
-    generator = AudioLDMGenerator(str(model), duration=seconds, decode_chunk=chunk)
-    if x0 is None:
-        x0 = torch.randn(1, *generator.latent_shape_for(seconds), generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        generator.decode(x0[:, :, : max(1, x0.shape[2] // 8)])  # warm-up
-    forward, backward, peaks = [], [], []
-    for _ in range(repeats):
-        leaf = x0.clone().requires_grad_(True)
-        with PeakMemory(torch.device("cpu")) as memory:
-            start = time.perf_counter()
-            wave = generator.decode(leaf).waveform
-            middle = time.perf_counter()
-            if probe is None:
-                probe = torch.randn(wave.shape, generator=torch.Generator().manual_seed(1))
-            (grad,) = torch.autograd.grad((wave * probe).sum(), leaf)
-            end = time.perf_counter()
-        forward.append(middle - start)
-        backward.append(end - middle)
-        peaks.append(memory.mib)
-    result = {"chunk": chunk, "chunk_frames": generator.chunk_frames, "frames": x0.shape[2],
-              "forward": statistics.median(forward), "backward": statistics.median(backward),
-              "peak": statistics.median(peaks), "wave": wave.detach(), "grad": grad.detach(), "x0": x0,
-              "probe": probe}
-    del generator
-    gc.collect()
-    return result
+    generators = [AudioLDMGenerator(str(model), duration=seconds, decode_chunk=chunk) for chunk in chunks]
+    x0 = torch.randn(1, *generators[0].latent_shape_for(seconds), generator=torch.Generator().manual_seed(0))
+    runs, probe = [], None
+    for chunk, generator in zip(chunks, generators):
+        probe = decode_and_backward(generator, x0, probe)[2]["probe"]  # warm-up: the buffers of a whole pass
+        forward, backward = [], []
+        for _ in range(repeats):
+            f, b, out = decode_and_backward(generator, x0, probe)
+            forward.append(f)
+            backward.append(b)
+        probe = out["probe"]
+        runs.append({"chunk": chunk, "chunk_frames": generator.chunk_frames, "frames": x0.shape[2],
+                     "forward": statistics.median(forward), "backward": statistics.median(backward), **out})
+        gc.collect()
+    for run, generator in zip(runs, generators):
+        peaks = []
+        for _ in range(repeats):
+            with PeakMemory(torch.device("cpu")) as memory:
+                decode_and_backward(generator, x0, probe)
+            peaks.append(memory.mib)
+        run["peak"] = statistics.median(peaks)
+    return runs
 
 
 def relative(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -108,11 +119,7 @@ def main() -> None:
         folder = args.models or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
         model = build(folder, args.tiny)
-        runs = []
-        for chunk in chunks:
-            x0 = runs[0]["x0"] if runs else None
-            probe = runs[0]["probe"] if runs else None
-            runs.append(measure(model, chunk, seconds, args.repeats, x0, probe))
+        runs = measure(model, chunks, seconds, args.repeats)
     whole = runs[0]
     size = "tiny" if args.tiny else "full-size"
     print(f"decode forward + backward, {size} random-weight AudioLDM{'' if args.tiny else '-m'}, {seconds:g} s of "

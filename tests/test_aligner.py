@@ -327,3 +327,16 @@ def test_no_spans_when_the_binder_sees_the_whole_decode():
     gen.guide_whole_decode = True  # the binder sees all that decode gives, whose length is not known before
     _span_run(gen, _FirstHalfBinder())
     assert all(s is None for s in gen.spans_seen)
+
+
+def test_a_binder_raising_in_audio_spans_is_one_line_naming_it():
+    class Broken(_FirstHalfBinder):
+        name = "broken-spans"
+
+        def audio_spans(self, duration):
+            raise ZeroDivisionError("no clips")
+
+    from sah.errors import SahError
+
+    with pytest.raises(SahError, match=r"^binder 'broken-spans' failed in audio_spans: ZeroDivisionError: no clips$"):
+        _span_run(_SpanAudio(), Broken())
