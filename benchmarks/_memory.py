@@ -17,11 +17,17 @@ from typing import Any
 import torch
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A field of /proc/self/status in KiB: `VmRSS` (resident now), `VmHWM` (peak since the last reset)."""
     for line in Path("/proc/self/status").read_text().splitlines():
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"{field} not in /proc/self/status")
+
+
+def reset_peak() -> None:
+    """VmHWM := VmRSS, so a later `status_kib("VmHWM")` is the peak from now on."""
+    Path("/proc/self/clear_refs").write_text("5")
 
 
 class PeakMemory:
@@ -48,8 +54,8 @@ class PeakMemory:
             self.start = torch.cuda.memory_allocated()
         else:
             self.libc.malloc_trim(0)
-            Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-            self.start = _status_kib("VmRSS") * 1024
+            reset_peak()
+            self.start = status_kib("VmRSS") * 1024
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -57,7 +63,7 @@ class PeakMemory:
             torch.cuda.synchronize()
             peak = torch.cuda.max_memory_allocated()
         else:
-            peak = _status_kib("VmHWM") * 1024
+            peak = status_kib("VmHWM") * 1024
         self.bytes = peak - self.start
 
     def measure(self, fn: Callable[[], object]) -> int:

@@ -332,15 +332,19 @@ class Floor:
         return g.vocoder(mel.squeeze(1))
 
     def decode(self, x0: Tensor, forward: Part, backward: Part,
-               frames: tuple[int, int, int, int] | None = None) -> Tensor:
+               frames: tuple[int, int, int, int] | None = None,
+               spans: list[tuple[float, float]] | None = None) -> Tensor:
         """Decode forward and backward (timed into `forward`, `backward`); the waveform `[B, 1, S]`.
-        All latent frames, or `frames = (lo, hi, needed_lo, needed_hi)`: decode [lo, hi), keep the
-        samples of [needed_lo, needed_hi) and put them in place in a zero waveform of the run's length."""
+        All latent frames; or `frames = (lo, hi, needed_lo, needed_hi)`: decode [lo, hi), keep the
+        samples of [needed_lo, needed_hi) and put them in place in a zero waveform of the run's length;
+        or `spans`: sah's own decode of them (`generator.decode(..., spans=...)`)."""
         leaf = x0.detach().clone().requires_grad_(True)
         length = self.keep if self.keep is not None else None
         with torch.enable_grad():
             with Clock() as clock:
-                if frames is None:
+                if spans is not None:
+                    wave = self.generator.decode(leaf, spans=spans).waveform[:, 0, :length]
+                elif frames is None:
                     wave = self._waveform(leaf)[..., :length]
                 else:
                     lo, hi, need_lo, need_hi = frames
@@ -353,18 +357,6 @@ class Floor:
                 wave.sum().backward()
             clock.add(backward)
         return wave.detach().unsqueeze(1)
-
-    def decode_spans(self, x0: Tensor, spans: list[tuple[float, float]], forward: Part, backward: Part) -> Tensor:
-        """sah's own decode of the binder's spans (`decode(..., spans=...)`), forward and backward."""
-        leaf = x0.detach().clone().requires_grad_(True)
-        with torch.enable_grad():
-            with Clock() as clock:
-                wave = self.generator.decode(leaf, spans=spans).waveform[..., :self.keep]
-            clock.add(forward)
-            with Clock() as clock:
-                wave.sum().backward()
-            clock.add(backward)
-        return wave.detach()
 
     @staticmethod
     def binder(binder: Any, wave: Tensor, rate: int, target: Tensor, forward: Part, backward: Part) -> None:
@@ -466,7 +458,7 @@ def measure_partial(args: argparse.Namespace, plan: sah.RunPlan, base: list[dict
     def between() -> None:  # the partial floor's parts, next to each counted guided step
         floor.binder(binder, whole, rate, target, parts["binder forward"], parts["binder backward"])
         forward, backward = Part("forward"), Part("backward")
-        sah_wave[:] = [floor.decode_spans(x0, spans, forward, backward)]
+        sah_wave[:] = [floor.decode(x0, forward, backward, spans=spans)]
         sah_decode.seconds.append(forward.seconds[0] + backward.seconds[0])
         sah_decode.cpu.append(forward.cpu[0] + backward.cpu[0])
         for c, ((lo, hi), part) in decodes.items():

@@ -50,17 +50,6 @@ PRESET = "paper-v2a"
 MIB = 2**20
 
 
-def _status_kib(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
-
-
 def _setup_child(threads: int) -> None:
     import torch
 
@@ -99,6 +88,8 @@ def measure(models: dict[str, str], release: bool, seconds: float, steps: int, s
             out_dir: str) -> dict[str, Any]:
     """One V2A run in this process: memory, times, stage seconds, the binder's towers after it."""
     _setup_child(threads)
+    from _memory import reset_peak, status_kib  # on sys.path from _setup_child
+
     import sah
     import sah.api
     from sah.presets import load_preset
@@ -115,17 +106,17 @@ def measure(models: dict[str, str], release: bool, seconds: float, steps: int, s
 
     def align(*args: Any, **kwargs: Any) -> Any:
         # the guidance loop begins: the peak so far is the load's and the one-time embeddings'
-        phases["before_guidance_peak_kib"] = _status_kib("VmHWM")
-        phases["guidance_start_kib"] = _status_kib("VmRSS")
-        _reset_peak()
+        phases["before_guidance_peak_kib"] = status_kib("VmHWM")
+        phases["guidance_start_kib"] = status_kib("VmRSS")
+        reset_peak()
         return original_align(*args, **kwargs)
 
     def progress(tick: int, total: int, similarities: dict[str, float]) -> None:
-        phases["per_step_peak_kib"].append(_status_kib("VmHWM"))
+        phases["per_step_peak_kib"].append(status_kib("VmHWM"))
 
     sah.api.align = align
-    start_kib = _status_kib("VmRSS")
-    _reset_peak()
+    start_kib = status_kib("VmRSS")
+    reset_peak()
     t0 = time.perf_counter()
     loaded = sah.load(plan)
     load_s = time.perf_counter() - t0
@@ -133,7 +124,7 @@ def measure(models: dict[str, str], release: bool, seconds: float, steps: int, s
     result = sah.generate(plan, loaded, progress=progress, release=release)
     run_s = time.perf_counter() - t1
     wall_s = time.perf_counter() - t0
-    guidance_peak_kib = _status_kib("VmHWM")
+    guidance_peak_kib = status_kib("VmHWM")
     sah.api.align = original_align
     before = phases["before_guidance_peak_kib"]
     peak_kib = max(before, guidance_peak_kib)

@@ -9,6 +9,16 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
+
+
+def span_mask(num_samples: int, rate: int, spans) -> torch.Tensor:
+    """`[num_samples]` booleans: True where sample time t = i / rate lies in some `[start, end)` of `spans`."""
+    t = torch.arange(num_samples) / rate
+    keep = torch.zeros(num_samples, dtype=torch.bool)
+    for start, end in spans:
+        keep |= (t >= start) & (t < end)
+    return keep
 
 
 def tone(frequency: float, seconds: float, rate: int, channels: int = 1, amplitude: float = 0.4) -> np.ndarray:

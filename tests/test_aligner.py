@@ -4,6 +4,7 @@ import warnings
 import pytest
 import torch
 from dummy_plugins import DummyAudio, DummyBinder, DummyVideo, _basis
+from media_helpers import span_mask
 
 from sah import GenerationRequest, GuidanceSettings, Modality, Term, align
 from sah.aligner import adam, lockstep, ngd, sgd
@@ -267,11 +268,7 @@ class _SpanAudio(DummyAudio):
         audio = super().decode(latents, frames, trajectory)
         if spans is None:
             return audio
-        t = torch.arange(audio.num_samples) / audio.sample_rate
-        keep = torch.zeros_like(t, dtype=torch.bool)
-        for a, b in spans:
-            keep |= (t >= a) & (t < b)
-        return type(audio)(audio.waveform * keep, audio.sample_rate)
+        return type(audio)(audio.waveform * span_mask(audio.num_samples, audio.sample_rate, spans), audio.sample_rate)
 
 
 class _FirstHalfBinder(DummyBinder):

@@ -12,7 +12,7 @@ import click
 import pytest
 import torch
 from click.testing import CliRunner
-from media_helpers import blob_frames, tone, write_mp4
+from media_helpers import blob_frames, span_mask, tone, write_mp4
 from reference import IMAGEBIND_REFERENCE, reference_dir
 from safetensors.torch import load_file
 
@@ -618,10 +618,7 @@ def test_audio_spans_name_every_sample_embed_reads(audio_only_binder, mode, rate
     for (a, b), (start, end) in zip(spans, ranges):
         assert a + P.SPAN_SLACK == pytest.approx(start / 16000, abs=2e-4)
         assert b - P.SPAN_SLACK == pytest.approx(end / 16000, abs=2e-4)
-    t = torch.arange(n) / rate
-    keep = torch.zeros(n, dtype=torch.bool)
-    for a, b in spans:
-        keep |= (t >= a) & (t < b)
+    keep = span_mask(n, rate, spans)
     assert 0 < keep.float().mean() < 1
     g = torch.Generator().manual_seed(1)
     wave = 0.3 * torch.randn(2, 1, n, generator=g)

@@ -8,6 +8,7 @@ from pathlib import Path
 import dummy_plugins as dp
 import pytest
 import torch
+from media_helpers import span_mask
 
 from sah import Audio, Modality, Trajectory, Video
 from sah.errors import SahError
@@ -129,11 +130,7 @@ class SpanAudio(ToyAudioGenerator):
         audio = super().decode(latents, frames, trajectory)
         if spans is None:
             return audio
-        t = torch.arange(audio.num_samples) / audio.sample_rate
-        keep = torch.zeros(audio.num_samples, dtype=torch.bool)
-        for a, b in spans:
-            keep |= (t >= a) & (t < b)
-        return Audio(audio.waveform * keep, audio.sample_rate)
+        return Audio(audio.waveform * span_mask(audio.num_samples, audio.sample_rate, spans), audio.sample_rate)
 
 
 class SpansCutShort(SpanAudio):
