@@ -414,14 +414,22 @@ def test_a_truncated_mp4_with_its_sidecar_is_not_done(finished, tmp_path, keep):
     manifest, out, jobs = _copy_of(finished, tmp_path)
     mp4 = out / "solo.mp4"
     whole = read_video(mp4)
+    (sidecar,) = out.glob("solo*.json")
+    similarity, first_write = json.loads(sidecar.read_text())["final_similarity"], sidecar.stat()
     truncate_file(mp4, keep)
     with pytest.raises(SahError):
         read_video(mp4)
     assert is_done(jobs["pair"]) and not is_done(jobs["solo"])
     again = _resume(manifest, out)
     assert again.ran == ["solo"] and is_done(jobs["solo"])
-    # the same picture and sound again (compared decoded: the encoder's bytes may differ by a few)
+    # the same sample again: the final similarities its new sidecar records (of the media before
+    # encoding) are the first run's ...
     rerun = read_video(mp4)
+    assert (sidecar.stat().st_ino, sidecar.stat().st_mtime_ns) != (first_write.st_ino, first_write.st_mtime_ns)
+    assert json.loads(sidecar.read_text())["final_similarity"] == pytest.approx(similarity, rel=1e-5)
+    # ... and, decoded, the same picture and sound. H.264 may decide a few blocks differently for
+    # frames that differ in their last float bits: seen once in a full suite run, 2.3 % of the
+    # values up to 7/255 off (all within 2/255 in other runs), so the picture is compared on average.
     assert rerun.num_frames == world.NUM_FRAMES
-    torch.testing.assert_close(rerun.frames, whole.frames, atol=2 / 255, rtol=0)
+    assert float((rerun.frames - whole.frames).abs().mean()) <= 1 / 255
     torch.testing.assert_close(rerun.audio.waveform, whole.audio.waveform, atol=1e-3, rtol=0)
